@@ -1,0 +1,3 @@
+"""Built-in policies. Importing this package registers them."""
+
+from robopolicy.policies import diffusion  # noqa: F401

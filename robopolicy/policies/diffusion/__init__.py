@@ -1,0 +1,1 @@
+"""Diffusion Policy (CNN U-Net and transformer backbones)."""

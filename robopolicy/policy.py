@@ -1,0 +1,238 @@
+"""The policy contract: base class, registry, typed config and save/load.
+
+Every policy is a ``torch.nn.Module`` registered by name with ``@register_policy("name")``
+and built from a frozen dataclass config (a subclass of :class:`PolicyConfig`). It provides:
+
+* ``compute_loss(batch) -> (loss, metrics)``; ``batch = {"obs": {key: (B, To, ...)},
+  "action": (B, H, Da)}`` in env units (images uint8 HWC).
+* ``predict_action_chunk(obs, *, num_samples=1, generator=None)`` -> env-unit actions
+  (B, H, Da), or (B, N, H, Da) when ``num_samples > 1``. ``obs = {key: (B, To, ...)}``.
+* ``reset(env_ids=None)``: clear per-episode state.
+* ``save(dir)`` / ``Policy.load(dir)``: ``config.json`` + ``model.safetensors`` +
+  ``normalizer.safetensors``. No pickle; loading needs no training code nor dataset.
+
+Chunk timing (H = horizon, To = n_obs_steps, Ta = n_action_steps)::
+
+    obs steps      |o o|                       (To = 2, newest obs at index To-1)
+    action chunk   |a a a a a a a a a a a a a a a a|   (H = 16)
+    executed          |a a a a a a a a|               [To-1, To-1+Ta)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from robopolicy.config import from_dict, to_dict
+from robopolicy.data.normalizer import Normalizer, NormMode
+from robopolicy.types import ActionSpec, ChunkTiming, FieldKind, ObservationSpec
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+NORMALIZER_FILE = "normalizer.safetensors"
+
+_REGISTRY: dict[str, type[Policy]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    """Fields every policy has. Subclasses add their own (all with defaults)."""
+
+    obs_spec: ObservationSpec
+    action_spec: ActionSpec
+    horizon: int = 16
+    """H: length of the predicted action chunk."""
+    n_obs_steps: int = 2
+    """To: observation frames the policy conditions on (the newest is index To-1)."""
+    n_action_steps: int = 8
+    """Ta: actions executed per chunk, starting at index To-1."""
+
+    def __post_init__(self) -> None:
+        if self.horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {self.horizon}")
+        ChunkTiming(self.horizon, self.n_obs_steps, self.n_action_steps)  # validates
+
+    @property
+    def timing(self) -> ChunkTiming:
+        return ChunkTiming(self.horizon, self.n_obs_steps, self.n_action_steps)
+
+    def sampler_args(self) -> dict[str, Any]:
+        """What windows the policy needs from the sequence sampler (diffusion_policy semantics)."""
+        return {
+            "horizon": self.horizon,
+            "pad_before": self.n_obs_steps - 1,
+            "pad_after": self.n_action_steps - 1,
+            "key_first_k": {k: self.n_obs_steps for k in self.obs_spec.keys},
+        }
+
+    def to_dict(self) -> dict:
+        return {f.name: to_dict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def register_policy(name: str):
+    """Class decorator: ``@register_policy("diffusion")`` on a Policy subclass."""
+
+    def wrap(cls: type[Policy]) -> type[Policy]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"policy name {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        if not (isinstance(cls, type) and issubclass(cls, Policy)):
+            raise TypeError(f"@register_policy({name!r}) must decorate a Policy subclass")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def registered_policies() -> dict[str, type[Policy]]:
+    _import_builtin_policies()
+    return dict(_REGISTRY)
+
+
+def get_policy_class(name: str) -> type[Policy]:
+    _import_builtin_policies()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown policy {name!r}; registered: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def _import_builtin_policies() -> None:
+    import robopolicy.policies  # noqa: F401  (registers the built-in policies)
+
+
+class Policy(nn.Module):
+    """Base class. Subclasses set ``config_class`` and implement the abstract methods."""
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
+
+    def __init__(self, config: PolicyConfig, normalizer: Normalizer | None = None) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+        self.normalizer = normalizer if normalizer is not None else Normalizer()
+
+    # ------------------------------------------------------------------ contract
+    def compute_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def predict_action_chunk(
+        self, obs: Mapping[str, Any], *, num_samples: int = 1, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reset(self, env_ids: list[int] | None = None) -> None:
+        """Clear per-episode state. Stateless policies do nothing."""
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def fit_normalizer(self, fields: Mapping[str, np.ndarray]) -> Normalizer:
+        """Default normalization: low-dim obs and actions to [-1, 1] by limits (discrete action
+        dims left alone), images uint8 -> [-1, 1]. ``fields`` holds whole store arrays."""
+        norm = Normalizer()
+        for f in self.config.obs_spec.fields:
+            if f.kind is FieldKind.IMAGE:
+                norm.set_image(f.key)
+            else:
+                if f.key not in fields:
+                    raise KeyError(f"dataset has no field {f.key!r} needed by the policy's observation spec")
+                norm.fit(f.key, np.asarray(fields[f.key]).reshape(len(fields[f.key]), -1), NormMode.LIMITS)
+        if "action" not in fields:
+            raise KeyError("dataset has no field 'action'")
+        action = np.asarray(fields["action"])
+        if action.shape[-1] != self.config.action_spec.dim:
+            raise ValueError(
+                f"dataset 'action' has {action.shape[-1]} dims, action spec has {self.config.action_spec.dim}"
+            )
+        keep = [i for i, d in enumerate(self.config.action_spec.discrete) if d]
+        norm.fit("action", action, NormMode.LIMITS, keep_dims=keep)
+        self.normalizer = norm
+        return norm
+
+    def normalize_obs(self, obs: Mapping[str, Any], leading: int = 2) -> dict[str, torch.Tensor]:
+        """Validate env-unit obs ``{key: (B, To, ...)}`` and return normalized float tensors.
+
+        Images become float CHW in [-1, 1]: ``(B, To, C, H, W)``.
+        """
+        spec = self.config.obs_spec
+        spec.validate(obs, leading=leading)
+        out = {}
+        dev = self.device
+        for f in spec.fields:
+            x = torch.as_tensor(np.asarray(obs[f.key]) if not isinstance(obs[f.key], torch.Tensor) else obs[f.key])
+            x = x.to(dev)
+            if f.kind is FieldKind.IMAGE:
+                x = self.normalizer.normalize(f.key, x.float()).movedim(-1, -3).contiguous()
+            else:
+                lead = x.shape[: x.ndim - len(f.shape)]
+                x = self.normalizer.normalize(f.key, x.float().reshape(*lead, -1))
+            out[f.key] = x
+        return out
+
+    def check_action(self, action: Any) -> torch.Tensor:
+        a = torch.as_tensor(np.asarray(action) if not isinstance(action, torch.Tensor) else action)
+        exp = (self.config.horizon, self.config.action_spec.dim)
+        if a.ndim != 3 or tuple(a.shape[1:]) != exp:
+            raise ValueError(f"batch 'action' must have shape (B, {exp[0]}, {exp[1]}), got {tuple(a.shape)}")
+        return a.to(self.device).float()
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, directory: str | Path) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        meta = {"format_version": FORMAT_VERSION, "policy": self.name, "config": self.config.to_dict()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        _atomic(d / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"policy": self.name}))
+        norm = self.normalizer
+        _atomic(d / NORMALIZER_FILE, lambda p: save_file(norm.state_dict(), str(p), metadata=norm.metadata()))
+        _atomic(d / CONFIG_FILE, lambda p: p.write_text(json.dumps(meta, indent=2)))
+        return d
+
+    @staticmethod
+    def load(directory: str | Path, device: str | torch.device = "cpu") -> Policy:
+        d = Path(directory)
+        for name in (CONFIG_FILE, WEIGHTS_FILE, NORMALIZER_FILE):
+            if not (d / name).is_file():
+                raise FileNotFoundError(f"not a policy checkpoint: {d / name} is missing")
+        try:
+            meta = json.loads((d / CONFIG_FILE).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{d / CONFIG_FILE} is not valid JSON: {e}") from None
+        for key in ("policy", "config"):
+            if key not in meta:
+                raise KeyError(f"{d / CONFIG_FILE} has no {key!r} entry")
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{d} was saved with format {meta['format_version']}, this build reads <= {FORMAT_VERSION}")
+        cls = get_policy_class(meta["policy"])
+        config = from_dict(cls.config_class, meta["config"])
+        with safe_open(str(d / NORMALIZER_FILE), framework="pt") as f:
+            norm = Normalizer.from_state_dict({k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {})
+        policy = cls(config, normalizer=norm)
+        with safe_open(str(d / WEIGHTS_FILE), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        missing, unexpected = policy.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{d / WEIGHTS_FILE} does not match {cls.__name__}: missing {missing}, unexpected {unexpected}")
+        return policy.to(device).eval()
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)
