@@ -7,6 +7,9 @@ and built from a frozen dataclass config (a subclass of :class:`PolicyConfig`). 
   "action": (B, H, Da)}`` in env units (images uint8 HWC).
 * ``predict_action_chunk(obs, *, num_samples=1, generator=None)`` -> env-unit actions
   (B, H, Da), or (B, N, H, Da) when ``num_samples > 1``. ``obs = {key: (B, To, ...)}``.
+  ``generator`` is one ``torch.Generator`` or a list with one per batch element (as in
+  diffusers); with a list, element i's noise comes only from ``generator[i]``, so a batch of
+  N equals N single calls with the same generators. Use :func:`batch_randn`.
 * ``reset(env_ids=None)``: clear per-episode state.
 * ``save(dir)`` / ``Policy.load(dir)``: ``config.json`` + ``model.safetensors`` +
   ``normalizer.safetensors``. No pickle; loading needs no training code nor dataset.
@@ -128,7 +131,7 @@ class Policy(nn.Module):
         raise NotImplementedError
 
     def predict_action_chunk(
-        self, obs: Mapping[str, Any], *, num_samples: int = 1, generator: torch.Generator | None = None
+        self, obs: Mapping[str, Any], *, num_samples: int = 1, generator: Generators = None
     ) -> torch.Tensor:
         raise NotImplementedError
 
@@ -185,6 +188,18 @@ class Policy(nn.Module):
             out[f.key] = x
         return out
 
+    def snap_discrete(self, action: torch.Tensor) -> torch.Tensor:
+        """Env-unit actions (..., Da): discrete dims (grippers) snap to the nearer of low/high."""
+        spec = self.config.action_spec
+        idx = [i for i, d in enumerate(spec.discrete) if d]
+        if not idx:
+            return action
+        out = action.clone()
+        lo = torch.tensor([spec.low[i] for i in idx], dtype=action.dtype, device=action.device)
+        hi = torch.tensor([spec.high[i] for i in idx], dtype=action.dtype, device=action.device)
+        out[..., idx] = torch.where(action[..., idx] >= (lo + hi) / 2, hi, lo)
+        return out
+
     def check_action(self, action: Any) -> torch.Tensor:
         a = torch.as_tensor(np.asarray(action) if not isinstance(action, torch.Tensor) else action)
         exp = (self.config.horizon, self.config.action_spec.dim)
@@ -218,7 +233,9 @@ class Policy(nn.Module):
             if key not in meta:
                 raise KeyError(f"{d / CONFIG_FILE} has no {key!r} entry")
         if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{d} was saved with format {meta['format_version']}, this build reads <= {FORMAT_VERSION}")
+            raise ValueError(
+                f"{d} was saved with format {meta['format_version']}, this build reads <= {FORMAT_VERSION}"
+            )
         cls = get_policy_class(meta["policy"])
         config = from_dict(cls.config_class, meta["config"])
         with safe_open(str(d / NORMALIZER_FILE), framework="pt") as f:
@@ -228,8 +245,31 @@ class Policy(nn.Module):
             state = {k: f.get_tensor(k) for k in f.keys()}
         missing, unexpected = policy.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"{d / WEIGHTS_FILE} does not match {cls.__name__}: missing {missing}, unexpected {unexpected}")
+            raise ValueError(
+                f"{d / WEIGHTS_FILE} does not match {cls.__name__}: missing {missing}, unexpected {unexpected}"
+            )
         return policy.to(device).eval()
+
+
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def batch_randn(
+    shape: tuple[int, ...], generator: Generators, device: torch.device | str = "cpu", dtype=torch.float32
+) -> torch.Tensor:
+    """Standard normal noise of ``shape = (B, ...)``.
+
+    With a list of generators, row i is drawn from ``generator[i]`` alone (so batched and
+    single calls agree); with one generator or None, the whole tensor is drawn at once.
+    Noise is drawn on the generator's device (CPU by default) and moved to ``device``.
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+        rows = [torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator]
+        return torch.stack(rows).to(device)
+    gdev = generator.device if generator is not None else "cpu"
+    return torch.randn(shape, generator=generator, device=gdev, dtype=dtype).to(device)
 
 
 def _atomic(path: Path, write) -> None:

@@ -180,7 +180,13 @@ class ActionSpec:
         missing = [k for k in ("names", "low", "high") if k not in d]
         if missing:
             raise KeyError(f"action spec is missing {missing}")
-        return cls(tuple(d["names"]), tuple(d["low"]), tuple(d["high"]), tuple(d.get("units", ())), tuple(d.get("discrete", ())))
+        return cls(
+            tuple(d["names"]),
+            tuple(d["low"]),
+            tuple(d["high"]),
+            tuple(d.get("units", ())),
+            tuple(d.get("discrete", ())),
+        )
 
 
 def osc_pose_action_spec() -> ActionSpec:
