@@ -1,1 +1,18 @@
+"""Noise schedules, the common denoiser view (contract) and deterministic samplers."""
 
+from robopolicy.diffusion.samplers import SamplerMethod, karras_sigmas, sample
+from robopolicy.diffusion.schedulers import NoiseScheduleConfig, make_ddim, make_ddpm
+from robopolicy.diffusion.view import DenoiserView, PredictionType, VPDenoiserView, repeat_cond
+
+__all__ = [
+    "DenoiserView",
+    "NoiseScheduleConfig",
+    "PredictionType",
+    "SamplerMethod",
+    "VPDenoiserView",
+    "karras_sigmas",
+    "make_ddim",
+    "make_ddpm",
+    "repeat_cond",
+    "sample",
+]

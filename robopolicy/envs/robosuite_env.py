@@ -18,6 +18,8 @@ Actions are ``osc_pose_action_spec()``: ``[dx, dy, dz, drx, dry, drz, gripper]``
 Seeding: robosuite's placement samplers and robot init noise draw from the global
 ``np.random``; :meth:`RobosuiteEnv.reset` seeds it before every reset, so ``reset(seed)``
 gives the same initial state in any process, whatever ran before (``hard_reset=False``).
+Object sizes are sampled once, when the model is built; the constructor seeds that too
+(``model_seed``), so envs built in different processes are identical.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ class RobosuiteEnv:
         max_steps: episode length after which ``done`` is True (default: the task's).
         control_freq: policy steps per second.
         has_renderer: open robosuite's on-screen viewer (teleoperation only; needs a display).
+        model_seed: seeds the model build (object sizes), so envs in all processes are identical.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class RobosuiteEnv:
         max_steps: int | None = None,
         control_freq: int = 20,
         has_renderer: bool = False,
+        model_seed: int = 0,
     ) -> None:
         self.task = task
         self.info = task_info(task)
@@ -123,6 +127,9 @@ class RobosuiteEnv:
         from robosuite.controllers import load_composite_controller_config
 
         controller = load_composite_controller_config(controller=None, robot="Panda")  # BASIC + OSC_POSE delta
+        # Model building samples object sizes from the global np.random (e.g. Lift's cube); seed
+        # it so every process builds the same model (with hard_reset=False it is never rebuilt).
+        np.random.seed(int(model_seed))
         self.env = robosuite.make(
             self.info.env_name,
             robots="Panda",

@@ -1,1 +1,17 @@
+"""Reusable network blocks: 1-D U-Net, diffusion transformer, observation encoders."""
 
+from robopolicy.nn.embeddings import SinusoidalPosEmb
+from robopolicy.nn.obs_encoders import CropTransform, ImageEncoder, MultiModalObsEncoder, ResNet18Trunk, SpatialSoftmax
+from robopolicy.nn.transformer import TransformerForDiffusion
+from robopolicy.nn.unet1d import ConditionalUnet1D
+
+__all__ = [
+    "ConditionalUnet1D",
+    "CropTransform",
+    "ImageEncoder",
+    "MultiModalObsEncoder",
+    "ResNet18Trunk",
+    "SinusoidalPosEmb",
+    "SpatialSoftmax",
+    "TransformerForDiffusion",
+]

@@ -105,11 +105,10 @@ class ConditionalUnet1D(nn.Module):
         skips = []
         for block1, block2, down in self.down:
             h = block2(block1(h, cond), cond)
-            skips.append(h)
+            skips.append(h)  # the shallowest skip is unused, as in Diffusion Policy
             h = down(h)
         for block in self.mid:
             h = block(h, cond)
-        skips.pop()  # the deepest level feeds the mid blocks directly
         for block1, block2, up in self.up:
             h = block2(block1(torch.cat([h, skips.pop()], dim=1), cond), cond)
             h = up(h)

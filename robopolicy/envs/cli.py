@@ -1,0 +1,114 @@
+"""``robopolicy demos``: generate scripted-expert demos, record teleoperation.
+
+    robopolicy demos generate --task Lift --episodes 100 --out datasets/lift.zarr \\
+        [--cameras agentview,robot0_eye_in_hand] [--workers 2] [--seed 0] [--noise 0.05] \\
+        [--keep-failed] [--overwrite]
+    robopolicy demos record --task Lift --device keyboard --out datasets/lift_teleop.zarr [--cameras ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from robopolicy.envs.robosuite_env import TASKS
+
+
+def _cameras(text: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``demos`` command group (``generate``, ``record``)."""
+    p = subparsers.add_parser("demos", help="generate scripted demos or record teleoperation into a Zarr store")
+    sub = p.add_subparsers(dest="demos_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    g = sub.add_parser("generate", help="record scripted-expert demos (robosuite) into a new store")
+    g.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)} (experts: Lift, PickPlaceCan, Stack)")
+    g.add_argument("--episodes", type=int, required=True, help="number of successful demos to record")
+    g.add_argument("--out", required=True, help="output store directory (e.g. datasets/lift.zarr)")
+    g.add_argument("--cameras", type=_cameras, default=(), help="comma-separated camera names to record as images")
+    g.add_argument("--image-size", type=int, default=84, help="camera image size in pixels (default 84)")
+    g.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
+    g.add_argument("--seed", type=int, default=0, help="first env seed; episode i uses seed+i (default 0)")
+    g.add_argument(
+        "--noise", type=float, default=0.05, help="expert noise scale: action std, waypoint std = noise/10 m (0.05)"
+    )
+    g.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: the task's)")
+    g.add_argument("--max-attempts", type=int, default=None, help="attempt cap (default 2*episodes+20)")
+    g.add_argument("--keep-failed", action="store_true", help="also store failed attempts, flagged success=false")
+    g.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.set_defaults(func=_generate)
+
+    r = sub.add_parser(
+        "record",
+        help="record teleoperated demos (robosuite Keyboard / SpaceMouse; needs a display)",
+        description="Keys: n = new episode, Enter = save, Backspace = discard, Esc = quit. "
+        "Appends to --out if it exists.",
+    )
+    r.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)}")
+    r.add_argument("--device", required=True, choices=("keyboard", "spacemouse"), help="input device")
+    r.add_argument("--out", required=True, help="store directory (created, or appended to)")
+    r.add_argument("--cameras", type=_cameras, default=(), help="comma-separated camera names to record")
+    r.add_argument("--image-size", type=int, default=84)
+    r.add_argument("--seed", type=int, default=0, help="env seed of the first episode")
+    r.add_argument("--operator", default="", help="operator name stored in the episode metadata")
+    r.add_argument("--pos-sensitivity", type=float, default=1.0)
+    r.add_argument("--rot-sensitivity", type=float, default=1.0)
+    r.set_defaults(func=_record)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from robopolicy.envs.generate import generate_demos
+
+    report = generate_demos(
+        args.task,
+        args.episodes,
+        args.out,
+        cameras=args.cameras,
+        workers=args.workers,
+        seed=args.seed,
+        noise=args.noise,
+        keep_failed=args.keep_failed,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        image_size=args.image_size,
+        max_steps=args.max_steps,
+        max_attempts=args.max_attempts,
+    )
+    print(json.dumps(report.to_dict()))
+    if not report.complete:
+        print(
+            f"warning: only {report.n_success}/{args.episodes} successful demos after {report.n_attempts} attempts",
+        )
+        return 1
+    return 0
+
+
+def _record(args: argparse.Namespace) -> int:
+    from robopolicy.cli import UserError
+    from robopolicy.envs.robosuite_env import RobosuiteEnv, task_info, validate_cameras
+    from robopolicy.envs.teleop import KEYS_HELP, DeviceUnavailableError, KeyboardControls, make_device, record_teleop
+
+    task_info(args.task)
+    validate_cameras(args.task, args.cameras)
+    try:
+        controls = KeyboardControls()
+    except DeviceUnavailableError as e:
+        raise UserError(str(e)) from None
+    env = RobosuiteEnv(args.task, cameras=args.cameras, image_size=args.image_size, has_renderer=True)
+    try:
+        device = make_device(args.device, env, args.pos_sensitivity, args.rot_sensitivity)
+        print(KEYS_HELP)
+        report = record_teleop(
+            env, device, controls, args.out, device_name=args.device, seed=args.seed, operator=args.operator
+        )
+    except DeviceUnavailableError as e:
+        raise UserError(str(e)) from None
+    finally:
+        controls.close()
+        env.close()
+    print(json.dumps(report.__dict__))
+    return 0

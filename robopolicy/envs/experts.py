@@ -1,0 +1,244 @@
+"""Scripted experts for robosuite tasks (OSC_POSE delta actions), with optional noise.
+
+Every expert is a sequence of waypoint phases (the control laws of
+``research/robosuite_on_cpu.md``)::
+
+    a[:3]  = clip((target - eef_pos) / 0.05, -1, 1)          # one step moves at most 5 cm
+    a[3:6] = clip(orientation_error(R0, R_eef) / 0.5, -1, 1)  # hold the initial downward pose
+    a[6]   = phase gripper (-1 open, +1 close)
+
+A phase ends when the end effector is within ``tol`` of its target, after a fixed number of
+steps (gripper phases), or at its timeout. Targets are computed from privileged sim state
+(object positions) when the phase starts.
+
+Noise makes demos differ beyond their seeded initial states:
+
+- ``action``: Gaussian std added to the translation part of each action (normalized units),
+- ``target``: Gaussian std [m] added to each waypoint when its phase starts.
+
+Usage::
+
+    expert = make_expert("Lift", env, np.random.default_rng(0), noise=ExpertNoise(0.05, 0.005))
+    obs = env.reset(seed); expert.reset(obs)
+    while not done: obs, r, done, info = env.step(expert.act(obs))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from robopolicy.envs.robosuite_env import RobosuiteEnv, task_info
+
+OPEN, CLOSE = -1.0, 1.0
+POS_SCALE, ROT_SCALE = 0.05, 0.5  # OSC_POSE delta scaling per unit action: metres, radians
+
+
+@dataclass(frozen=True)
+class ExpertNoise:
+    """Noise of a scripted expert: ``action`` std (normalized translation), ``target`` std [m]."""
+
+    action: float = 0.0
+    target: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("action", "target"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v >= 0):
+                raise ValueError(f"expert noise {name} must be a finite number >= 0, got {v}")
+
+    @classmethod
+    def from_scale(cls, scale: float) -> ExpertNoise:
+        """One knob: action std ``scale`` and waypoint std ``scale / 10`` metres (0.05 -> 5 mm)."""
+        return cls(action=float(scale), target=float(scale) / 10.0)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One waypoint phase: move to ``target()`` (world position of the grip site) with ``gripper``.
+
+    ``target`` is evaluated once, when the phase starts. The phase ends after ``steps`` steps if
+    given, else when within ``tol`` metres of the target, and always after ``timeout`` steps.
+    """
+
+    name: str
+    target: Callable[[], np.ndarray]
+    gripper: float
+    tol: float = 0.01
+    steps: int | None = None
+    timeout: int = 80
+    noisy: bool = True
+
+
+def _quat_xyzw_to_mat(q: np.ndarray) -> np.ndarray:
+    x, y, z, w = (float(v) for v in q)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def orientation_error(desired: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Axis-angle (small-angle) error rotating ``current`` onto ``desired`` (3x3 matrices)."""
+    return 0.5 * sum(np.cross(current[:, i], desired[:, i]) for i in range(3))
+
+
+class WaypointExpert:
+    """Runs a list of :class:`Phase` built by ``build_phases(expert)`` at every reset."""
+
+    def __init__(
+        self,
+        env: RobosuiteEnv,
+        build_phases: Callable[[WaypointExpert], list[Phase]],
+        rng: np.random.Generator,
+        noise: ExpertNoise = ExpertNoise(),
+    ) -> None:
+        self.env = env
+        self.sim = env.env.sim
+        self.raw = env.env
+        self.rng = rng
+        self.noise = noise
+        self._build = build_phases
+        self.phases: list[Phase] = []
+        self.k = 0
+
+    # privileged state helpers used by the phase builders
+    def body_pos(self, body_id: int) -> np.ndarray:
+        return np.array(self.sim.data.body_xpos[body_id], dtype=np.float64)
+
+    @property
+    def eef_pos(self) -> np.ndarray:
+        return np.asarray(self._obs["eef_pos"], dtype=np.float64)
+
+    @property
+    def phase(self) -> str:
+        """Name of the current phase ("done" once all phases ran)."""
+        return self.phases[self.k].name if self.k < len(self.phases) else "done"
+
+    def reset(self, obs: dict[str, np.ndarray]) -> None:
+        """Start a new episode from its first observation."""
+        self._obs = obs
+        self.R0 = _quat_xyzw_to_mat(obs["eef_quat"])
+        self.start_pos = self.eef_pos.copy()
+        self.phases = self._build(self)
+        self.k = -1
+        self._next_phase()
+
+    def _next_phase(self) -> None:
+        self.k += 1
+        self.n = 0
+        if self.k < len(self.phases):
+            ph = self.phases[self.k]
+            self.goal = np.asarray(ph.target(), dtype=np.float64).copy()
+            if ph.noisy and self.noise.target > 0:
+                self.goal += self.rng.normal(0.0, self.noise.target, 3)
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """The action (7,) for ``obs``."""
+        self._obs = obs
+        while self.k < len(self.phases):
+            ph = self.phases[self.k]
+            err = self.goal - self.eef_pos
+            finished = self.n >= ph.steps if ph.steps is not None else np.linalg.norm(err) < ph.tol
+            if finished or self.n >= ph.timeout:
+                self._next_phase()
+                continue
+            break
+        if self.k >= len(self.phases):  # hold still at the last target with the last gripper
+            ph, err = self.phases[-1], self.goal - self.eef_pos
+        self.n += 1
+        a = np.zeros(7)
+        a[:3] = np.clip(err / POS_SCALE, -1, 1)
+        R = _quat_xyzw_to_mat(obs["eef_quat"])
+        a[3:6] = np.clip(orientation_error(self.R0, R) / ROT_SCALE, -1, 1)
+        a[6] = ph.gripper
+        if self.noise.action > 0:
+            a[:3] += self.rng.normal(0.0, self.noise.action, 3)
+        return np.clip(a, -1.0, 1.0)
+
+
+# --------------------------------------------------------------------------- tasks
+def _lift_phases(ex: WaypointExpert) -> list[Phase]:
+    cube = ex.raw.cube_body_id
+    up = np.array([0.0, 0.0, 1.0])
+    return [
+        Phase("approach", lambda: ex.body_pos(cube) + 0.08 * up, OPEN, tol=0.01),
+        Phase("descend", lambda: ex.body_pos(cube) - 0.005 * up, OPEN, tol=0.008, timeout=40),
+        Phase("grasp", lambda: ex.eef_pos, CLOSE, steps=8, noisy=False),
+        Phase("lift", lambda: ex.start_pos + 0.15 * up, CLOSE, tol=0.01, timeout=200),
+    ]
+
+
+CAN_DROP_XY = np.array([0.16, 0.34])  # inside the can's bin quadrant and reachable at carry height
+
+
+def _pick_place_can_phases(ex: WaypointExpert) -> list[Phase]:
+    can = ex.raw.obj_body_id["Can"]
+    up = np.array([0.0, 0.0, 1.0])
+
+    def at(xy: np.ndarray, z: float) -> Callable[[], np.ndarray]:
+        return lambda: np.array([xy[0], xy[1], z])
+
+    return [
+        Phase("approach", lambda: ex.body_pos(can) + 0.10 * up, OPEN, tol=0.01),
+        Phase("descend", lambda: ex.body_pos(can), OPEN, tol=0.008, timeout=40),
+        Phase("grasp", lambda: ex.eef_pos, CLOSE, steps=8, noisy=False),
+        Phase("lift", lambda: np.array([*ex.eef_pos[:2], 1.0]), CLOSE, tol=0.02),
+        Phase("carry", at(CAN_DROP_XY, 1.0), CLOSE, tol=0.02, timeout=120),
+        Phase("lower", at(CAN_DROP_XY, 0.93), CLOSE, tol=0.015),
+        Phase("release", lambda: ex.eef_pos, OPEN, steps=6, noisy=False),
+        Phase("retreat", lambda: ex.eef_pos + 0.15 * up, OPEN, tol=0.02, noisy=False, timeout=200),
+    ]
+
+
+def _stack_phases(ex: WaypointExpert) -> list[Phase]:
+    a, b = ex.raw.cubeA_body_id, ex.raw.cubeB_body_id
+    up = np.array([0.0, 0.0, 1.0])
+    return [
+        Phase("approach", lambda: ex.body_pos(a) + 0.08 * up, OPEN, tol=0.01),
+        Phase("descend", lambda: ex.body_pos(a) - 0.005 * up, OPEN, tol=0.008, timeout=40),
+        Phase("grasp", lambda: ex.eef_pos, CLOSE, steps=8, noisy=False),
+        Phase("lift", lambda: np.array([*ex.eef_pos[:2], ex.body_pos(b)[2] + 0.12]), CLOSE, tol=0.015),
+        Phase("carry", lambda: ex.body_pos(b) + 0.12 * up, CLOSE, tol=0.01, timeout=120),
+        # cubeB half-height 0.025 + cubeA half-height 0.02 + 1 cm clearance
+        Phase("lower", lambda: ex.body_pos(b) + 0.055 * up, CLOSE, tol=0.006, timeout=60),
+        Phase("release", lambda: ex.eef_pos, OPEN, steps=6, noisy=False),
+        Phase("retreat", lambda: ex.eef_pos + 0.10 * up, OPEN, tol=0.02, noisy=False, timeout=200),
+    ]
+
+
+EXPERTS: dict[str, Callable[[WaypointExpert], list[Phase]]] = {
+    "Lift": _lift_phases,
+    "PickPlaceCan": _pick_place_can_phases,
+    "Stack": _stack_phases,
+}
+
+
+def make_expert(
+    task: str,
+    env: RobosuiteEnv,
+    rng: np.random.Generator | int | None = None,
+    noise: ExpertNoise | float = 0.0,
+) -> WaypointExpert:
+    """A scripted expert for ``task`` acting in ``env`` (it reads privileged sim state from it).
+
+    ``noise`` is an :class:`ExpertNoise` or a scale for :meth:`ExpertNoise.from_scale`.
+    """
+    task_info(task)
+    if task not in EXPERTS:
+        raise ValueError(f"no scripted expert for task {task!r}; experts exist for: {', '.join(EXPERTS)}")
+    if env.task != task:
+        raise ValueError(f"expert task {task!r} does not match the env's task {env.task!r}")
+    if not isinstance(noise, ExpertNoise):
+        noise = ExpertNoise.from_scale(float(noise))
+    if not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)
+    return WaypointExpert(env, EXPERTS[task], rng, noise)
+
+
+__all__ = ["ExpertNoise", "Phase", "WaypointExpert", "EXPERTS", "make_expert", "orientation_error"]

@@ -1,0 +1,243 @@
+"""Scripted-expert demo generation into a Zarr :class:`~robopolicy.data.store.EpisodeStore`.
+
+Episodes run in ``spawn`` worker processes (each applies the render patch and builds its own
+env and expert; with ``workers=1`` they run in this process). Episode ``i`` of a run uses env
+seed ``seed + i`` and its own noise generator, so its content depends on its seed only. The
+main process writes finished episodes in seed order: the output is identical for any number
+of workers.
+
+Each stored episode holds every observation key of :class:`RobosuiteEnv` (``obs[t]`` is the
+observation the action ``action[t]`` was chosen from) plus ``action`` float32 (T, 7). It ends
+``steps_after_success`` steps after the task first reports success, or at ``max_steps``.
+
+``n_episodes`` counts successful demos. Failed attempts are dropped (``keep_failed=False``) or
+stored with ``success=False`` in their metadata; generation goes on with new seeds until
+``n_episodes`` successes or ``max_attempts`` attempts (default ``2 * n_episodes + 20``).
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing as mp
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robopolicy.envs.experts import EXPERTS, ExpertNoise, make_expert
+from robopolicy.envs.robosuite_env import RobosuiteEnv, task_info, validate_cameras
+from robopolicy.types import osc_pose_action_spec
+
+
+@dataclass
+class GenerateReport:
+    """What a :func:`generate_demos` run did."""
+
+    path: str
+    task: str
+    n_success: int = 0
+    n_failed: int = 0
+    n_attempts: int = 0
+    n_written: int = 0
+    n_steps: int = 0
+    seconds: float = 0.0
+    failed_seeds: list[int] = field(default_factory=list)
+
+    @property
+    def success_rate(self) -> float:
+        return self.n_success / self.n_attempts if self.n_attempts else float("nan")
+
+    @property
+    def complete(self) -> bool:
+        """True when the requested number of successful demos was reached."""
+        return self._target <= self.n_success
+
+    _target: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("_target")
+        d["success_rate"] = self.success_rate
+        return d
+
+
+@dataclass(frozen=True)
+class _EpisodeJob:
+    task: str
+    cameras: tuple[str, ...]
+    image_size: int
+    max_steps: int | None
+    noise: ExpertNoise
+    steps_after_success: int
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(job: _EpisodeJob) -> None:
+    """Build the env and keep it for every episode of this process (render patch applied inside)."""
+    if _WORKER.get("job") == job:
+        return
+    if "env" in _WORKER:
+        _WORKER.pop("env").close()
+    _WORKER["env"] = RobosuiteEnv(job.task, cameras=job.cameras, image_size=job.image_size, max_steps=job.max_steps)
+    _WORKER["job"] = job
+
+
+def run_episode(env: RobosuiteEnv, job: _EpisodeJob, seed: int) -> tuple[bool, dict[str, np.ndarray]]:
+    """One expert episode with env seed ``seed`` -> ``(success, {field: (T, ...)})``."""
+    rng = np.random.default_rng([int(seed), 0x5EED])
+    expert = make_expert(job.task, env, rng, noise=job.noise)
+    obs = env.reset(seed)
+    expert.reset(obs)
+    frames: list[dict[str, np.ndarray]] = []
+    actions: list[np.ndarray] = []
+    success_at: int | None = None
+    done = False
+    while not done:
+        action = env.validate_action(expert.act(obs))
+        frames.append(obs)
+        actions.append(action.astype(np.float32))
+        obs, _, done, info = env.step(action)
+        if info["success"] and success_at is None:
+            success_at = env.t
+        if success_at is not None and env.t >= success_at + job.steps_after_success:
+            break
+    data = {k: np.stack([f[k] for f in frames]) for k in frames[0]}
+    data["action"] = np.stack(actions)
+    return success_at is not None, data
+
+
+def _worker_episode(job: _EpisodeJob, seed: int) -> tuple[int, bool, dict[str, np.ndarray]]:
+    _init_worker(job)
+    success, data = run_episode(_WORKER["env"], job, seed)
+    return seed, success, data
+
+
+def check_output_path(out: str | Path, overwrite: bool) -> Path:
+    """ValueError if ``out`` exists and ``overwrite`` is False (nothing is touched)."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ValueError(f"output {out} already exists (pass --overwrite / overwrite=True to replace it)")
+    return out
+
+
+def generate_demos(
+    task: str,
+    n_episodes: int,
+    out: str | Path,
+    cameras: Sequence[str] = (),
+    workers: int = 1,
+    seed: int = 0,
+    noise: ExpertNoise | float = 0.0,
+    keep_failed: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    image_size: int = 84,
+    max_steps: int | None = None,
+    steps_after_success: int = 10,
+    max_attempts: int | None = None,
+) -> GenerateReport:
+    """Record ``n_episodes`` successful scripted-expert demos of ``task`` into a new store at ``out``.
+
+    All arguments are checked before anything is written. Returns a :class:`GenerateReport`;
+    ``report.complete`` is False if ``max_attempts`` ran out first.
+    """
+    from robopolicy.data.store import EpisodeStore
+
+    task_info(task)
+    if task not in EXPERTS:
+        raise ValueError(f"no scripted expert for task {task!r}; experts exist for: {', '.join(EXPERTS)}")
+    cameras = validate_cameras(task, cameras)
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    max_attempts = 2 * n_episodes + 20 if max_attempts is None else int(max_attempts)
+    if max_attempts < n_episodes:
+        raise ValueError(f"max_attempts ({max_attempts}) must be >= n_episodes ({n_episodes})")
+    noise = noise if isinstance(noise, ExpertNoise) else ExpertNoise.from_scale(float(noise))
+    out = check_output_path(out, overwrite)
+
+    job = _EpisodeJob(task, cameras, int(image_size), max_steps, noise, int(steps_after_success))
+    report = GenerateReport(path=str(out), task=task)
+    report._target = n_episodes
+    t0 = time.perf_counter()
+    store = EpisodeStore.create(
+        out,
+        action_spec=osc_pose_action_spec(),
+        control_rate=20.0,
+        source=f"scripted:{task}",
+        overwrite=overwrite,
+    )
+    store.set_attrs(task=task, cameras=list(cameras), expert_noise=asdict(noise))
+    bar = _progress_bar(n_episodes, task, progress)
+
+    def consume(s: int, success: bool, data: dict[str, np.ndarray]) -> None:
+        report.n_attempts += 1
+        report.n_success += success
+        if not success:
+            report.n_failed += 1
+            report.failed_seeds.append(s)
+        if success or keep_failed:
+            meta = {"seed": s, "success": bool(success), "teleop_device": "scripted", "task": task}
+            store.add_episode(data, metadata=meta)
+            report.n_written += 1
+            report.n_steps += len(data["action"])
+        if bar is not None:
+            bar.update(int(success))
+            bar.set_postfix_str(f"successes {report.n_success}/{report.n_attempts} attempts")
+
+    seeds = iter(range(seed, seed + max_attempts))
+    try:
+        if workers == 1:
+            for s in seeds:
+                if report.n_success >= n_episodes:
+                    break
+                consume(*_worker_episode(job, s))
+        else:
+            _run_pool(job, seeds, workers, consume, lambda: report.n_success >= n_episodes)
+    finally:
+        if bar is not None:
+            bar.close()
+        store.close()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _run_pool(job: _EpisodeJob, seeds, workers: int, consume, finished) -> None:
+    """Run episodes on a spawn pool; results are consumed strictly in seed order."""
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
+        pending: collections.deque = collections.deque()
+
+        def submit() -> None:
+            s = next(seeds, None)
+            if s is not None:
+                pending.append(pool.apply_async(_worker_episode, (job, s)))
+
+        for _ in range(2 * workers):
+            submit()
+        while pending and not finished():
+            consume(*pending.popleft().get())
+            if not finished():
+                submit()
+        pool.terminate()
+
+
+def _progress_bar(total: int, task: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"{task} demos", unit="demo")
+
+
+__all__ = ["GenerateReport", "generate_demos", "run_episode", "check_output_path"]

@@ -1,0 +1,219 @@
+"""Closed-loop evaluation of a policy on a suite: parallel robosuite workers, batched policy.
+
+Per env: reset with seed ``suite.seed_start + seed_offset + i``, keep the last ``To``
+observations (the first frame repeated at reset, as diffusion_policy does), predict a chunk
+for every active env in one batched call, execute its slice ``[To-1, To-1+Ta)``, re-plan;
+an episode ends at success or after ``suite.max_steps`` steps. A worker whose episode ended
+takes the next queued episode, so the batch is "all envs still running".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from robopolicy.eval.metrics import percentiles, success_summary
+from robopolicy.eval.suite import Suite, load_suite
+from robopolicy.eval.vec_env import SubprocVecEnv
+from robopolicy.policy import CONFIG_FILE, Policy
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A policy directory from a policy dir or a run dir (its ``best``, else its ``latest``)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    if (p / CONFIG_FILE).is_file():
+        return p
+    for name in ("best", "latest"):
+        if (p / name / CONFIG_FILE).is_file():
+            return p / name
+    raise FileNotFoundError(f"{p} is neither a policy directory ({CONFIG_FILE}) nor a run directory (best/ or latest/)")
+
+
+def check_policy_kwargs(policy: Policy, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Keep only set values; ValueError if ``predict_action_chunk`` does not take one of them."""
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    params = inspect.signature(policy.predict_action_chunk).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    bad = sorted(set(kwargs) - set(params))
+    if bad:
+        raise ValueError(
+            f"policy {policy.name!r} does not support {bad} (its predict_action_chunk takes {list(params)})"
+        )
+    return kwargs
+
+
+def check_compatible(policy: Policy, suite: Suite, shapes: dict[str, tuple]) -> None:
+    """Every observation key of the policy exists in the suite's env with the same shape."""
+    for f in policy.config.obs_spec.fields:
+        if f.key not in shapes:
+            raise KeyError(
+                f"the policy needs observation {f.key!r}, which suite {suite.name!r} does not provide "
+                f"(it gives {sorted(shapes)}; images need the camera in the suite's cameras)"
+            )
+        if tuple(shapes[f.key][0]) != tuple(f.shape):
+            raise ValueError(
+                f"observation {f.key!r}: suite {suite.name!r} gives {shapes[f.key][0]}, policy expects {f.shape}"
+            )
+    if policy.config.action_spec.dim != 7:
+        raise ValueError(f"the policy predicts {policy.config.action_spec.dim}-D actions; robosuite OSC_POSE takes 7")
+
+
+@dataclasses.dataclass
+class _Slot:
+    """The episode a worker is running and its observation history."""
+
+    index: int
+    seed: int
+    history: deque
+    length: int = 0
+
+
+@dataclasses.dataclass
+class _Rollouts:
+    episodes: list[dict[str, Any]]
+    latencies_ms: list[float]
+    batch_sizes: list[int]
+
+
+def _run_episodes(
+    policy: Policy,
+    vec: SubprocVecEnv,
+    seeds: list[int],
+    video_paths: dict[int, Path],
+    policy_kwargs: dict[str, Any],
+    generator: torch.Generator,
+    progress: bool,
+) -> _Rollouts:
+    timing = policy.config.timing
+    keys = policy.config.obs_spec.keys
+    queue = deque(range(len(seeds)))
+    slots: dict[int, _Slot] = {}
+    results: dict[int, dict[str, Any]] = {}
+    lat, sizes = [], []
+    bar = tqdm(total=len(seeds), disable=not progress, desc="eval")
+
+    def start(workers: list[int]) -> None:
+        calls = []
+        for w in workers[: len(queue)]:
+            i = queue.popleft()
+            slots[w] = _Slot(i, seeds[i], deque(maxlen=timing.n_obs_steps))
+            video = video_paths.get(i)
+            calls.append((w, "reset", (seeds[i], str(video) if video else None)))
+        for (w, _, _), obs in zip(calls, vec.call(calls)):
+            frame = {k: obs[k] for k in keys}
+            slots[w].history.extend([frame] * timing.n_obs_steps)
+        if calls:
+            policy.reset(env_ids=[w for w, _, _ in calls])
+
+    start(list(range(vec.n)))
+    while slots:
+        active = sorted(slots)
+        obs = {k: np.stack([np.stack([f[k] for f in slots[w].history]) for w in active]) for k in keys}
+        t0 = time.perf_counter()
+        chunk = policy.predict_action_chunk(obs, generator=generator, **policy_kwargs)
+        actions = chunk[:, timing.executed].detach().float().cpu().numpy()
+        lat.append((time.perf_counter() - t0) * 1000.0)
+        sizes.append(len(active))
+        replies = vec.call([(w, "run", actions[j]) for j, w in enumerate(active)])
+        finished = []
+        for w, rep in zip(active, replies):
+            slot = slots[w]
+            slot.history.extend({k: o[k] for k in keys} for o in rep["obs"])
+            slot.length = rep["t"]
+            if rep["done"]:
+                results[slot.index] = {
+                    "episode": slot.index,
+                    "seed": slot.seed,
+                    "success": bool(rep["success"]),
+                    "length": int(rep["t"]),
+                    "reward": float(rep["reward"]),
+                    "video": rep["video"],
+                }
+                del slots[w]
+                finished.append(w)
+                bar.update(1)
+        start(finished)
+    bar.close()
+    return _Rollouts([results[i] for i in range(len(seeds))], lat, sizes)
+
+
+def evaluate(
+    policy_or_checkpoint: Policy | str | Path,
+    suite: Suite | str | Path,
+    episodes: int | None = None,
+    workers: int = 2,
+    seed_offset: int = 0,
+    out: str | Path | None = None,
+    n_videos: int = 3,
+    progress: bool = True,
+    policy_kwargs: dict[str, Any] | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Roll out a policy (object, policy dir or run dir) on a suite; returns the report dict
+    (also ``out/report.json``, ``out/report.md`` and ``out/videos/*.mp4`` when ``out`` is set)."""
+    from robopolicy.eval.report import build_report, write_report
+
+    suite = suite if isinstance(suite, Suite) else load_suite(suite)
+    checkpoint = None
+    if isinstance(policy_or_checkpoint, Policy):
+        policy = policy_or_checkpoint
+    else:
+        checkpoint = resolve_checkpoint(policy_or_checkpoint)
+        policy = Policy.load(checkpoint, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    n = int(episodes if episodes is not None else suite.episodes)
+    if n < 1 or workers < 1 or n_videos < 0:
+        raise ValueError(f"episodes and workers must be >= 1 and n_videos >= 0 (got {n}, {workers}, {n_videos})")
+    kwargs = check_policy_kwargs(policy, dict(policy_kwargs or {}))
+    seeds = [suite.seed_start + seed_offset + i for i in range(n)]
+    videos = (
+        {i: Path(out) / "videos" / f"episode_{i:03d}_seed{seeds[i]}.mp4" for i in range(min(n_videos, n))}
+        if out
+        else {}
+    )
+    was_training = policy.training
+    policy.eval()
+    generator = torch.Generator(device=policy.device).manual_seed(suite.seed_start + seed_offset)
+    t0 = time.perf_counter()
+    try:
+        with SubprocVecEnv(min(workers, n), suite.env_kwargs()) as vec, torch.no_grad():
+            check_compatible(policy, suite, vec.observation_shapes)
+            t_start = time.perf_counter()
+            roll = _run_episodes(policy, vec, seeds, videos, kwargs, generator, progress)
+            rollout_s = time.perf_counter() - t_start
+    finally:
+        policy.train(was_training)
+    report = build_report(
+        suite=suite.to_dict(),
+        checkpoint=str(checkpoint) if checkpoint else None,
+        policy=policy.name,
+        episodes=roll.episodes,
+        summary=success_summary([e["success"] for e in roll.episodes]),
+        latency_ms={
+            **percentiles(roll.latencies_ms),
+            "mean": float(np.mean(roll.latencies_ms)),
+            "calls": len(roll.latencies_ms),
+        },
+        mean_batch=float(np.mean(roll.batch_sizes)),
+        wall_time_s=time.perf_counter() - t0,
+        rollout_time_s=rollout_s,
+        settings={
+            "workers": min(workers, n),
+            "seed_offset": seed_offset,
+            "policy_kwargs": kwargs,
+            "timing": dataclasses.asdict(policy.config.timing),
+        },
+    )
+    if out is not None:
+        write_report(report, Path(out))
+    return report

@@ -1,0 +1,166 @@
+"""Pipe-based vector of robosuite envs, one per ``spawn`` subprocess.
+
+Each worker owns one :class:`~robopolicy.envs.robosuite_env.RobosuiteEnv` (fast-render patch
+applied first) and runs whole action slices, so one round trip moves an env through a chunk::
+
+    main process                         worker w
+    ------------                         --------
+    reset(seed, video)         ──────▶   env.reset(seed); first frame if recording
+    run(actions (n, Da))       ──────▶   step until n done, success or max_steps
+                               ◀──────   {"obs": [per-step obs], "success", "done", "t", ...}
+
+Calls to several workers are sent first and received after (:meth:`SubprocVecEnv.call`), so
+the envs step in parallel while the policy runs batched in the main process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import traceback
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+
+class _Episode:
+    """Worker-side state of the running episode."""
+
+    def __init__(self, video: str | None) -> None:
+        self.video = video
+        self.frames: list[np.ndarray] = []
+        self.success = False
+        self.reward = 0.0
+
+
+def _frame(env: Any, size: int) -> np.ndarray:
+    return env.render_frame(camera="agentview", size=size)
+
+
+def _run(env: Any, ep: _Episode, actions: np.ndarray, fps: int, video_size: int) -> dict[str, Any]:
+    obs_list, done = [], False
+    for a in actions:
+        obs, reward, done, info = env.step(a)
+        obs_list.append(obs)
+        ep.reward += reward
+        ep.success = ep.success or bool(info["success"])
+        if ep.video:
+            ep.frames.append(_frame(env, video_size))
+        if ep.success or done:
+            done = True
+            break
+    out = {"obs": obs_list, "success": ep.success, "done": done, "t": env.t, "reward": ep.reward, "video": None}
+    if done and ep.video:
+        from robopolicy.eval.video import write_mp4
+
+        out["video"] = str(write_mp4(ep.video, ep.frames, fps=fps))
+        ep.frames = []
+    return out
+
+
+def worker_main(conn: Connection, env_kwargs: dict[str, Any], video_size: int) -> None:
+    """Subprocess entry: build the env, then serve ``(command, argument)`` messages."""
+    env = None
+    try:
+        from robopolicy.envs.render import apply_fast_render_patch
+
+        apply_fast_render_patch()
+        from robopolicy.envs.robosuite_env import RobosuiteEnv
+
+        env = RobosuiteEnv(**env_kwargs)
+        conn.send(("ok", env.observation_shapes()))
+        ep = _Episode(None)
+        while True:
+            cmd, arg = conn.recv()
+            if cmd == "reset":
+                seed, video = arg
+                ep = _Episode(video)
+                obs = env.reset(int(seed))
+                if video:
+                    ep.frames.append(_frame(env, video_size))
+                conn.send(("ok", obs))
+            elif cmd == "run":
+                conn.send(("ok", _run(env, ep, np.asarray(arg), env_kwargs.get("control_freq", 20), video_size)))
+            elif cmd == "close":
+                conn.send(("ok", None))
+                break
+            else:
+                conn.send(("error", f"unknown command {cmd!r}"))
+    except (KeyboardInterrupt, EOFError):
+        pass
+    except Exception:  # report to the main process, which raises
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except (BrokenPipeError, OSError):
+            pass
+    finally:
+        if env is not None:
+            env.close()
+        conn.close()
+
+
+class SubprocVecEnv:
+    """``n`` robosuite envs in ``spawn`` subprocesses; ``observation_shapes`` of the first."""
+
+    def __init__(self, n: int, env_kwargs: dict[str, Any], video_size: int = 256, start_timeout: float = 300.0) -> None:
+        if n < 1:
+            raise ValueError(f"need at least one worker, got {n}")
+        ctx = mp.get_context("spawn")
+        self.conns: list[Connection] = []
+        self.procs: list[mp.Process] = []
+        for _ in range(n):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=worker_main, args=(child, dict(env_kwargs), video_size), daemon=True)
+            p.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(p)
+        try:
+            shapes = [self._recv(i, start_timeout) for i in range(n)]
+        except BaseException:
+            self.close()
+            raise
+        self.observation_shapes: dict[str, tuple[tuple[int, ...], Any]] = shapes[0]
+
+    @property
+    def n(self) -> int:
+        return len(self.conns)
+
+    def call(self, calls: Sequence[tuple[int, str, Any]]) -> list[Any]:
+        """Send every ``(worker, command, argument)`` first, then collect the replies in order."""
+        for i, cmd, arg in calls:
+            self.conns[i].send((cmd, arg))
+        return [self._recv(i) for i, _, _ in calls]
+
+    def _recv(self, i: int, timeout: float | None = None) -> Any:
+        conn = self.conns[i]
+        if timeout is not None and not conn.poll(timeout):
+            raise TimeoutError(f"env worker {i} did not answer within {timeout:.0f} s")
+        try:
+            status, payload = conn.recv()
+        except EOFError:
+            raise RuntimeError(f"env worker {i} died (exit code {self.procs[i].exitcode})") from None
+        if status != "ok":
+            raise RuntimeError(f"env worker {i} failed:\n{payload}")
+        return payload
+
+    def close(self) -> None:
+        for conn in self.conns:
+            try:
+                conn.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for p, conn in zip(self.procs, self.conns):
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+            conn.close()
+        self.conns, self.procs = [], []
+
+    def __enter__(self) -> SubprocVecEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

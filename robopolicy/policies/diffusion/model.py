@@ -1,0 +1,277 @@
+"""Diffusion Policy: DDPM-trained noise prediction over action chunks, U-Net or transformer.
+
+Shapes (B batch, To obs steps, H horizon, Da action dim, N samples, D obs feature per step)::
+
+    batch["obs"][key]  (B, To, ...) env units       batch["action"]  (B, H, Da) env units
+    obs features       (B, To, D)                    U-Net cond: (B, To * D); transformer: To tokens
+    predict_action_chunk(obs) -> (B, H, Da) or (B, N, H, Da) env units
+
+Samplers: ``ddpm`` / ``ddim`` run through diffusers' schedulers; ``euler`` / ``heun`` /
+``dpmpp_2m`` run on :meth:`DiffusionPolicy.denoiser_view` with the same initial noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from robopolicy.data.normalizer import Normalizer
+from robopolicy.diffusion.samplers import sample
+from robopolicy.diffusion.schedulers import make_ddim, make_ddpm
+from robopolicy.diffusion.view import PredictionType, VPDenoiserView, repeat_cond
+from robopolicy.nn.obs_encoders import MultiModalObsEncoder
+from robopolicy.nn.transformer import TransformerForDiffusion
+from robopolicy.nn.unet1d import ConditionalUnet1D
+from robopolicy.policies.diffusion.config import Backbone, DiffusionConfig, Sampler
+from robopolicy.policy import Policy, register_policy
+from robopolicy.types import ActionSpec, ObservationSpec
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+class FlatCondUnet1D(ConditionalUnet1D):
+    """U-Net taking per-step obs tokens (B, To, D) and flattening them to a global cond."""
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor | float, cond: torch.Tensor) -> torch.Tensor:
+        return super().forward(x, timesteps, rearrange(cond, "b t d -> b (t d)"))
+
+
+BackboneBuilder = Callable[[DiffusionConfig, int], nn.Module]
+BACKBONES: dict[Backbone, BackboneBuilder] = {}
+
+
+def register_backbone(kind: Backbone) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    """``@register_backbone(Backbone.X)`` on ``build(config, obs_feature_dim) -> module``; the module
+    is called as ``module(x (B, H, Da), t (B,), cond (B, To, D)) -> (B, H, Da)``."""
+
+    def wrap(fn: BackboneBuilder) -> BackboneBuilder:
+        BACKBONES[kind] = fn
+        return fn
+
+    return wrap
+
+
+@register_backbone(Backbone.UNET)
+def _build_unet(cfg: DiffusionConfig, feat: int) -> nn.Module:
+    return FlatCondUnet1D(
+        cfg.action_spec.dim,
+        feat * cfg.n_obs_steps,
+        cfg.down_dims,
+        cfg.kernel_size,
+        cfg.n_groups,
+        cfg.diffusion_step_embed_dim,
+    )
+
+
+@register_backbone(Backbone.TRANSFORMER)
+def _build_transformer(cfg: DiffusionConfig, feat: int) -> nn.Module:
+    return TransformerForDiffusion(
+        cfg.action_spec.dim,
+        feat,
+        cfg.horizon,
+        cfg.n_obs_steps,
+        cfg.n_layer,
+        cfg.n_head,
+        cfg.n_emb,
+        cfg.p_drop_emb,
+        cfg.p_drop_attn,
+        cfg.causal_attn,
+    )
+
+
+@register_policy("diffusion")
+class DiffusionPolicy(Policy):
+    """Diffusion Policy with a U-Net or transformer backbone (``config.backbone``)."""
+
+    config_class = DiffusionConfig
+    config: DiffusionConfig
+
+    def __init__(self, config: DiffusionConfig, normalizer: Normalizer | None = None) -> None:
+        super().__init__(config, normalizer)
+        self.obs_encoder = MultiModalObsEncoder(
+            config.obs_spec, config.image_width, config.num_kp, config.image_feature_dim, config.crop_shape
+        )
+        self.model = BACKBONES[config.backbone](config, self.obs_encoder.out_dim)
+        self.noise_scheduler = make_ddpm(config.noise_schedule)
+
+    # ------------------------------------------------------------------ encoding
+    def _first_steps(self, obs: Mapping[str, Any]) -> dict[str, Any]:
+        """Keep the first To frames of every declared key (the rest, if any, is padding)."""
+        to = self.config.n_obs_steps
+        out = dict(obs)
+        for key in self.config.obs_spec.keys:
+            if key in obs and getattr(obs[key], "ndim", 0) >= 2:
+                if obs[key].shape[1] < to:
+                    raise ValueError(f"observation key {key!r}: need {to} steps, got shape {tuple(obs[key].shape)}")
+                out[key] = obs[key][:, :to]
+        return out
+
+    def encode_obs(self, obs: Mapping[str, Any]) -> torch.Tensor:
+        """Env-unit obs ``{key: (B, To, ...)}`` -> per-step features (B, To, D)."""
+        return self.obs_encoder(self.normalize_obs(self._first_steps(obs)))
+
+    # ------------------------------------------------------------------ training
+    def compute_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        for key in ("obs", "action"):
+            if key not in batch:
+                raise KeyError(f"batch is missing {key!r}")
+        action = self.normalizer.normalize("action", self.check_action(batch["action"]))
+        cond = self.encode_obs(batch["obs"])
+        if cond.shape[0] != action.shape[0]:
+            raise ValueError(f"obs batch size {cond.shape[0]} != action batch size {action.shape[0]}")
+        noise = torch.randn_like(action)
+        t = torch.randint(0, self.config.num_train_timesteps, (action.shape[0],), device=action.device)
+        noisy = self.noise_scheduler.add_noise(action, noise, t)
+        pred = self.model(noisy, t, cond)
+        ptype = self.config.prediction_type
+        if ptype is PredictionType.EPSILON:
+            target = noise
+        elif ptype is PredictionType.SAMPLE:
+            target = action
+        else:
+            target = self.noise_scheduler.get_velocity(action, noise, t)
+        loss = F.mse_loss(pred, target)
+        return loss, {"loss": float(loss.detach())}
+
+    # ------------------------------------------------------------------ inference
+    def denoiser_view(self) -> VPDenoiserView:
+        """The contract view: encode / denoise(x, sigma, cond) / sigmas / to_action."""
+        return VPDenoiserView(
+            self.model,
+            self.encode_obs,
+            self.unnormalize_action,
+            (self.config.horizon, self.config.action_spec.dim),
+            self.config.noise_schedule,
+        )
+
+    def unnormalize_action(self, x0: torch.Tensor) -> torch.Tensor:
+        """Normalized (..., Da) -> env units, discrete dims snapped to low/high."""
+        return snap_discrete(self.normalizer.unnormalize("action", x0), self.config.action_spec)
+
+    @torch.no_grad()
+    def predict_action_chunk(
+        self,
+        obs: Mapping[str, Any],
+        *,
+        num_samples: int = 1,
+        generator: Generators = None,
+        noise: torch.Tensor | None = None,
+        num_inference_steps: int | None = None,
+        sampler: Sampler | str | None = None,
+    ) -> torch.Tensor:
+        """Sample action chunks in env units: (B, H, Da), or (B, N, H, Da) when ``num_samples > 1``.
+
+        ``noise``: optional initial noise, standard normal, (B, N, H, Da) or (B, H, Da). Without
+        it the noise of element b is drawn sample by sample from ``generator`` (one generator,
+        or a list of B generators, diffusers-style: then element b uses only ``generator[b]``,
+        so a batch equals single calls with the same seeds, for every sampler incl. DDPM).
+        """
+        cfg = self.config
+        method = Sampler(sampler if sampler is not None else cfg.sampler)
+        steps = int(num_inference_steps or cfg.num_inference_steps)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        cond = self.encode_obs(obs)
+        b, n = cond.shape[0], num_samples
+        gens = _row_generators(generator, b, n)
+        x = self._initial_noise(noise, gens, b, n)
+        cond = repeat_cond(cond, n)
+        if method is Sampler.DDPM or method is Sampler.DDIM:
+            x0 = self._run_scheduler(method, x, cond, steps, gens)
+        else:
+            view = self.denoiser_view()
+            sigmas = view.sigmas(steps)
+            x0 = sample(view, cond, view.noise_to_x(x, sigmas[0]), sigmas, method.value, self._x0_clip)
+        actions = self.unnormalize_action(x0)
+        if n == 1:
+            return actions
+        return rearrange(actions, "(b n) h d -> b n h d", b=b)
+
+    @property
+    def _x0_clip(self) -> float | None:
+        return 1.0 if self.config.clip_sample else None
+
+    def _initial_noise(self, noise: torch.Tensor | None, gens: list | None, b: int, n: int) -> torch.Tensor:
+        shape = (self.config.horizon, self.config.action_spec.dim)
+        if noise is not None:
+            noise = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
+            if noise.ndim == 3 and n == 1:
+                noise = noise[:, None]
+            if tuple(noise.shape) != (b, n, *shape):
+                raise ValueError(f"noise must have shape {(b, n, *shape)}, got {tuple(noise.shape)}")
+            return rearrange(noise, "b n h d -> (b n) h d")
+        if gens is None:
+            return torch.randn((b * n, *shape), device=self.device)
+        rows = [torch.randn(shape, generator=g, device=g.device) for g in gens]
+        return torch.stack(rows).to(self.device)
+
+    def _run_scheduler(
+        self, method: Sampler, x: torch.Tensor, cond: torch.Tensor, steps: int, gens: list | None
+    ) -> torch.Tensor:
+        ddpm = method is Sampler.DDPM
+        scheduler = make_ddpm(self.config.noise_schedule) if ddpm else make_ddim(self.config.noise_schedule)
+        scheduler.set_timesteps(steps)
+        for t in scheduler.timesteps:
+            out = self.model(x, t.to(x.device), cond)
+            kwargs = {"generator": gens} if ddpm and gens is not None else {}
+            x = scheduler.step(out, t, x, **kwargs).prev_sample
+        return x
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def tiny_configs(cls, obs_spec: ObservationSpec, action_spec: ActionSpec) -> dict[str, DiffusionConfig]:
+        """Very small configs (both backbones) for contract tests; seconds on CPU."""
+        crop = None
+        if obs_spec.images:
+            h = min(f.shape[0] for f in obs_spec.images)
+            w = min(f.shape[1] for f in obs_spec.images)
+            crop = (max(1, h - h // 8), max(1, w - w // 8))
+        common = dict(
+            obs_spec=obs_spec,
+            action_spec=action_spec,
+            horizon=8,
+            n_obs_steps=2,
+            n_action_steps=4,
+            image_width=8,
+            image_feature_dim=16,
+            num_kp=8,
+            crop_shape=crop,
+            sampler=Sampler.DDIM,
+            num_inference_steps=4,
+        )
+        return {
+            "unet": DiffusionConfig(
+                backbone=Backbone.UNET, down_dims=(16, 32), kernel_size=3, diffusion_step_embed_dim=16, **common
+            ),
+            "transformer": DiffusionConfig(
+                backbone=Backbone.TRANSFORMER, n_layer=1, n_head=2, n_emb=16, p_drop_attn=0.0, **common
+            ),
+        }
+
+
+def snap_discrete(action: torch.Tensor, spec: ActionSpec) -> torch.Tensor:
+    """Discrete dims (grippers) snap to the nearer of low / high; continuous dims unchanged."""
+    if not any(spec.discrete):
+        return action
+    mask = torch.tensor(spec.discrete, device=action.device)
+    low = torch.tensor(spec.low, device=action.device, dtype=action.dtype)
+    high = torch.tensor(spec.high, device=action.device, dtype=action.dtype)
+    snapped = torch.where(action >= (low + high) / 2, high, low)
+    return torch.where(mask, snapped, action)
+
+
+def _row_generators(generator: Generators, b: int, n: int) -> list[torch.Generator] | None:
+    """One generator per output row (B * N rows, element-major), diffusers' list convention."""
+    if generator is None:
+        return None
+    if isinstance(generator, torch.Generator):
+        return [generator] * (b * n)
+    gens = list(generator)
+    if len(gens) != b:
+        raise ValueError(f"a list of generators must have one per batch element ({b}), got {len(gens)}")
+    return [g for g in gens for _ in range(n)]

@@ -1,0 +1,125 @@
+"""The denoiser view and the samplers: DDIM on the view equals diffusers' DDIM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robopolicy.diffusion import NoiseScheduleConfig, VPDenoiserView, karras_sigmas, make_ddim, repeat_cond, sample
+from robopolicy.nn import ConditionalUnet1D
+
+H, DA, G = 8, 3, 5
+
+
+@pytest.fixture(scope="module")
+def net() -> ConditionalUnet1D:
+    torch.manual_seed(0)
+    return ConditionalUnet1D(DA, G, down_dims=(16, 32), kernel_size=3, diffusion_step_embed_dim=16).eval()
+
+
+def make_view(net, prediction_type: str = "epsilon") -> VPDenoiserView:
+    sched = NoiseScheduleConfig(prediction_type=prediction_type)
+    return VPDenoiserView(net, lambda obs: obs, lambda x: x * 2.0, (H, DA), sched)
+
+
+def diffusers_ddim(net, cond, noise, n, prediction_type="epsilon") -> torch.Tensor:
+    sched = make_ddim(NoiseScheduleConfig(prediction_type=prediction_type))
+    sched.set_timesteps(n)
+    x = noise
+    for t in sched.timesteps:
+        x = sched.step(net(x, t, cond), t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize(
+    "n, prediction_type", [(1, "epsilon"), (3, "epsilon"), (10, "epsilon"), (16, "epsilon"), (100, "epsilon"), (10, "sample")]
+)
+@torch.no_grad()
+def test_ddim_on_view_matches_diffusers(net, n, prediction_type):
+    gen = torch.Generator().manual_seed(n)
+    cond = torch.randn(4, G, generator=gen)
+    noise = torch.randn(4, H, DA, generator=gen) * 1.5  # wide enough that x0 clipping is active
+    ref = diffusers_ddim(net, cond, noise, n, prediction_type)
+    view = make_view(net, prediction_type)
+    sigmas = view.sigmas(n)
+    x = sample(view, cond, view.noise_to_x(noise, sigmas[0]), sigmas, "ddim", x0_clip=1.0)
+    torch.testing.assert_close(x, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_sigmas_follow_the_ddim_spacing(net):
+    view = make_view(net)
+    s = view.sigmas(10)
+    assert s.shape == (11,) and s[-1] == 0 and bool((s[1:] < s[:-1]).all())
+    ac = make_ddim().alphas_cumprod.double()
+    torch.testing.assert_close(s[0], ((1 - ac[90]) / ac[90]).sqrt())
+    assert view.sigma_to_t(s[:-1]).tolist() == list(range(90, -1, -10))
+    # between two training steps the timestep is fractional and monotone
+    mid = (view.train_sigmas[40] * view.train_sigmas[41]).sqrt().reshape(1)
+    t = float(view.sigma_to_t(mid))
+    assert 40 < t < 41
+    with pytest.raises(ValueError, match="101"):
+        view.sigmas(101)
+
+
+@torch.no_grad()
+def test_view_denoise_inverts_the_forward_process(net):
+    """With the true eps, x0_hat recovers x0 from x = x0 + sigma * eps, for any sigma."""
+    view = make_view(net)
+    x0, eps = torch.rand(2, H, DA) * 2 - 1, torch.randn(2, H, DA)
+    sigma = torch.tensor([0.3, 7.0], dtype=torch.float64)
+    x = x0 + sigma.float()[:, None, None] * eps
+    view.model_fn = lambda x_vp, t, cond: eps  # oracle network
+    torch.testing.assert_close(view.denoise(x, sigma, None), x0, atol=1e-5, rtol=1e-5)
+    assert view.to_action(x0).equal(x0 * 2.0)
+
+
+@pytest.mark.parametrize("method", ["euler", "heun", "dpmpp_2m", "ddim"])
+@torch.no_grad()
+def test_samplers_are_exact_on_a_point_mass(method):
+    """A denoiser that always predicts the same x0 is reached by every sampler."""
+    target = torch.linspace(-0.5, 0.5, H * DA).reshape(1, H, DA)
+
+    class Oracle:
+        action_shape, sigma_max, sigma_min = (H, DA), 80.0, 0.01
+
+        def denoise(self, x, sigma, cond):
+            return target.expand_as(x)
+
+    sigmas = karras_sigmas(6, 0.01, 80.0)
+    x = sample(Oracle(), None, torch.randn(3, H, DA) * 80, sigmas, method)
+    torch.testing.assert_close(x, target.expand(3, H, DA), atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_higher_order_samplers_converge_on_a_gaussian():
+    """Data N(m, s^2): the exact x0_hat is known; Heun / DPM++ are far closer than Euler."""
+    m, s0 = 0.3, 0.5
+
+    class Gaussian:
+        action_shape, sigma_max, sigma_min = (1, 1), 20.0, 0.002
+
+        def denoise(self, x, sigma, cond):
+            return m + (x - m) * s0**2 / (s0**2 + sigma**2)
+
+    noise = torch.randn(64, 1, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = m + noise * s0  # the probability-flow ODE maps m + z * sqrt(s0^2 + smax^2) to m + z * s0
+    x_init = m + noise * (s0**2 + 20.0**2) ** 0.5
+    errs = {}
+    for method in ["euler", "heun", "dpmpp_2m"]:
+        out = sample(Gaussian(), None, x_init, karras_sigmas(20, 0.002, 20.0), method)
+        errs[method] = float((out - exact).abs().max())
+    assert errs["heun"] < errs["euler"] / 3 and errs["dpmpp_2m"] < errs["euler"] / 3, errs
+
+
+def test_sample_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="nope"):
+        sample(None, None, torch.zeros(1, H, DA), torch.tensor([1.0, 0.0]), "nope")
+    with pytest.raises(ValueError, match="descending"):
+        sample(None, None, torch.zeros(1, H, DA), torch.tensor([1.0, 2.0, 0.0]), "euler")
+
+
+def test_repeat_cond_orders_samples_within_each_element():
+    c = torch.arange(2)[:, None].float()
+    assert repeat_cond(c, 3)[:, 0].tolist() == [0, 0, 0, 1, 1, 1]
+    d = repeat_cond({"a": c, "b": (c,)}, 2)
+    assert d["a"].shape == (4, 1) and d["b"][0].shape == (4, 1)
