@@ -65,9 +65,7 @@ def sample_heun(view: DenoiserView, cond: Any, x: torch.Tensor, sigmas: torch.Te
     return x
 
 
-def sample_dpmpp_2m(
-    view: DenoiserView, cond: Any, x: torch.Tensor, sigmas: torch.Tensor, x0_clip=None
-) -> torch.Tensor:
+def sample_dpmpp_2m(view: DenoiserView, cond: Any, x: torch.Tensor, sigmas: torch.Tensor, x0_clip=None) -> torch.Tensor:
     """DPM-Solver++(2M): multistep 2nd order in lambda = -log(sigma), one model call per step."""
     s = [float(v) for v in sigmas]
     prev_x0, prev_h = None, None

@@ -126,8 +126,8 @@ class VPDenoiserView:
     # ------------------------------------------------------------------ helpers
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """(B,) sigmas -> (B,) float timesteps; clamped to the training range."""
-        ls = sigma.double().clamp_min(1e-12).log().clamp(self._log_sigmas[0], self._log_sigmas[-1])
-        ls_table = self._log_sigmas.to(ls.device)
+        ls_table = self._log_sigmas.to(sigma.device)
+        ls = sigma.double().clamp_min(1e-12).log().clamp(float(ls_table[0]), float(ls_table[-1]))
         hi = torch.searchsorted(ls_table, ls).clamp(1, len(ls_table) - 1)
         lo = hi - 1
         w = (ls - ls_table[lo]) / (ls_table[hi] - ls_table[lo])

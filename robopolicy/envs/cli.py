@@ -88,16 +88,16 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from robopolicy.cli import UserError
     from robopolicy.envs.robosuite_env import RobosuiteEnv, task_info, validate_cameras
     from robopolicy.envs.teleop import KEYS_HELP, DeviceUnavailableError, KeyboardControls, make_device, record_teleop
 
     task_info(args.task)
     validate_cameras(args.task, args.cameras)
+    # device errors are reported as ValueError: robopolicy.cli prints them as `error: ...`, exit 2
     try:
         controls = KeyboardControls()
     except DeviceUnavailableError as e:
-        raise UserError(str(e)) from None
+        raise ValueError(str(e)) from None
     env = RobosuiteEnv(args.task, cameras=args.cameras, image_size=args.image_size, has_renderer=True)
     try:
         device = make_device(args.device, env, args.pos_sensitivity, args.rot_sensitivity)
@@ -106,7 +106,7 @@ def _record(args: argparse.Namespace) -> int:
             env, device, controls, args.out, device_name=args.device, seed=args.seed, operator=args.operator
         )
     except DeviceUnavailableError as e:
-        raise UserError(str(e)) from None
+        raise ValueError(str(e)) from None
     finally:
         controls.close()
         env.close()

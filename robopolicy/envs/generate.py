@@ -38,12 +38,14 @@ class GenerateReport:
 
     path: str
     task: str
+    requested: int
     n_success: int = 0
     n_failed: int = 0
     n_attempts: int = 0
     n_written: int = 0
     n_steps: int = 0
     seconds: float = 0.0
+    first_episode_seconds: float = 0.0
     failed_seeds: list[int] = field(default_factory=list)
 
     @property
@@ -51,16 +53,20 @@ class GenerateReport:
         return self.n_success / self.n_attempts if self.n_attempts else float("nan")
 
     @property
+    def steady_episodes_per_min(self) -> float:
+        """Attempts per minute after the first one finished (excludes worker start-up)."""
+        dt = self.seconds - self.first_episode_seconds
+        return 60.0 * (self.n_attempts - 1) / dt if self.n_attempts > 1 and dt > 0 else float("nan")
+
+    @property
     def complete(self) -> bool:
         """True when the requested number of successful demos was reached."""
-        return self._target <= self.n_success
-
-    _target: int = 0
+        return self.n_success >= self.requested
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("_target")
         d["success_rate"] = self.success_rate
+        d["steady_episodes_per_min"] = self.steady_episodes_per_min
         return d
 
 
@@ -78,13 +84,14 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(job: _EpisodeJob) -> None:
-    """Build the env and keep it for every episode of this process (render patch applied inside)."""
-    if _WORKER.get("job") == job:
+    """Build the env once per process and reuse it for every episode (render patch applied inside)."""
+    key = (job.task, job.cameras, job.image_size, job.max_steps)
+    if _WORKER.get("key") == key:
         return
     if "env" in _WORKER:
         _WORKER.pop("env").close()
     _WORKER["env"] = RobosuiteEnv(job.task, cameras=job.cameras, image_size=job.image_size, max_steps=job.max_steps)
-    _WORKER["job"] = job
+    _WORKER["key"] = key
 
 
 def run_episode(env: RobosuiteEnv, job: _EpisodeJob, seed: int) -> tuple[bool, dict[str, np.ndarray]]:
@@ -167,8 +174,7 @@ def generate_demos(
     out = check_output_path(out, overwrite)
 
     job = _EpisodeJob(task, cameras, int(image_size), max_steps, noise, int(steps_after_success))
-    report = GenerateReport(path=str(out), task=task)
-    report._target = n_episodes
+    report = GenerateReport(path=str(out), task=task, requested=n_episodes)
     t0 = time.perf_counter()
     store = EpisodeStore.create(
         out,
@@ -181,6 +187,8 @@ def generate_demos(
     bar = _progress_bar(n_episodes, task, progress)
 
     def consume(s: int, success: bool, data: dict[str, np.ndarray]) -> None:
+        if report.n_attempts == 0:
+            report.first_episode_seconds = time.perf_counter() - t0
         report.n_attempts += 1
         report.n_success += success
         if not success:
@@ -192,8 +200,8 @@ def generate_demos(
             report.n_written += 1
             report.n_steps += len(data["action"])
         if bar is not None:
+            bar.set_postfix_str(f"successes {report.n_success}/{report.n_attempts} attempts", refresh=not success)
             bar.update(int(success))
-            bar.set_postfix_str(f"successes {report.n_success}/{report.n_attempts} attempts")
 
     seeds = iter(range(seed, seed + max_attempts))
     try:

@@ -209,6 +209,11 @@ class RobosuiteEnv:
         return bool(self.env._check_success())
 
     @property
+    def last_obs(self) -> dict[str, np.ndarray] | None:
+        """The observation returned by the latest ``reset``/``step`` (None before the first)."""
+        return self._last_obs
+
+    @property
     def t(self) -> int:
         """Steps taken in the current episode."""
         return self._t

@@ -295,7 +295,7 @@ class ScriptedDevice:
         return self._device.input2action(mirror_actions=mirror_actions)
 
     def _controller_state(self) -> dict:
-        obs = self.env._last_obs
+        obs = self.env.last_obs
         if not self._started:
             self.expert.reset(obs)
             self._started = True
@@ -336,7 +336,7 @@ class KeyboardControls:
             from pynput.keyboard import Key, Listener
         except Exception as e:  # pynput raises ImportError/other errors without an X display
             raise DeviceUnavailableError(
-                f"keyboard controls need pynput and a display (DISPLAY / X server): {e}".strip()
+                f"keyboard controls need pynput and a display (DISPLAY / X server): {_first_line(e)}"
             ) from None
         self._events: queue.SimpleQueue[ControlEvent] = queue.SimpleQueue()
         special = {Key.enter: ControlEvent.SAVE, Key.backspace: ControlEvent.DISCARD, Key.esc: ControlEvent.QUIT}
@@ -363,6 +363,11 @@ class KeyboardControls:
 DEVICES = ("keyboard", "spacemouse")
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def make_device(name: str, env: RobosuiteEnv, pos_sensitivity: float = 1.0, rot_sensitivity: float = 1.0):
     """robosuite's ``Keyboard`` or ``SpaceMouse`` for ``env`` (imported lazily; clear error if unusable)."""
     if name not in DEVICES:
@@ -373,12 +378,16 @@ def make_device(name: str, env: RobosuiteEnv, pos_sensitivity: float = 1.0, rot_
         else:
             from robosuite.devices import SpaceMouse as cls
     except Exception as e:
-        need = "pynput and a display" if name == "keyboard" else "hidapi (pip install hidapi) and a connected SpaceMouse"
-        raise DeviceUnavailableError(f"teleop device {name!r} is unavailable (needs {need}): {e}".strip()) from None
+        need = (
+            "pynput and a display" if name == "keyboard" else "hidapi (pip install hidapi) and a connected SpaceMouse"
+        )
+        raise DeviceUnavailableError(
+            f"teleop device {name!r} is unavailable (needs {need}): {_first_line(e)}"
+        ) from None
     try:
         return cls(env=env.env, pos_sensitivity=pos_sensitivity, rot_sensitivity=rot_sensitivity)
     except Exception as e:
-        raise DeviceUnavailableError(f"could not open teleop device {name!r}: {e}") from None
+        raise DeviceUnavailableError(f"could not open teleop device {name!r}: {_first_line(e)}") from None
 
 
 __all__ = [

@@ -93,7 +93,9 @@ class ConditionalUnet1D(nn.Module):
         for c_in, c_out in reversed(levels[1:]):
             up = nn.ConvTranspose1d(c_in, c_in, 4, stride=2, padding=1)
             self.up.append(nn.ModuleList([res(2 * c_out, c_in), res(c_in, c_in), up]))
-        self.head = nn.Sequential(Conv1dBlock(dims[0], dims[0], kernel_size, n_groups), nn.Conv1d(dims[0], input_dim, 1))
+        self.head = nn.Sequential(
+            Conv1dBlock(dims[0], dims[0], kernel_size, n_groups), nn.Conv1d(dims[0], input_dim, 1)
+        )
         self.min_horizon_multiple = 2 ** (len(dims) - 1)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor | float, global_cond: torch.Tensor) -> torch.Tensor:

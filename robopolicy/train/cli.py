@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from robopolicy.train.config import TrainConfig, load_train_config
-from robopolicy.train.trainer import train
+from robopolicy.train.run import train
 
 __all__ = ["add_parser", "train"]
 

@@ -11,6 +11,15 @@ from robopolicy.nn import ConditionalUnet1D
 H, DA, G = 8, 3, 5
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run far faster on one thread on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def net() -> ConditionalUnet1D:
     torch.manual_seed(0)
@@ -32,7 +41,8 @@ def diffusers_ddim(net, cond, noise, n, prediction_type="epsilon") -> torch.Tens
 
 
 @pytest.mark.parametrize(
-    "n, prediction_type", [(1, "epsilon"), (3, "epsilon"), (10, "epsilon"), (16, "epsilon"), (100, "epsilon"), (10, "sample")]
+    "n, prediction_type",
+    [(1, "epsilon"), (3, "epsilon"), (10, "epsilon"), (16, "epsilon"), (100, "epsilon"), (10, "sample")],
 )
 @torch.no_grad()
 def test_ddim_on_view_matches_diffusers(net, n, prediction_type):

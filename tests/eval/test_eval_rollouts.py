@@ -102,7 +102,7 @@ def test_resolve_checkpoint_and_kwargs(tmp_path):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    from robopolicy.train.trainer import train
+    from robopolicy.train.run import train
 
     tmp = tmp_path_factory.mktemp("evalrun")
     store = make_store(tmp / "toy.zarr")

@@ -17,6 +17,15 @@ from robopolicy.nn import (
 from robopolicy.types import FieldKind, FieldSpec, ObservationSpec
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run far faster on one thread on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_unet_shapes_conditioning_and_horizon_check():
     torch.manual_seed(0)
     net = ConditionalUnet1D(3, 6, down_dims=(16, 32, 64), kernel_size=3, diffusion_step_embed_dim=16)
@@ -40,7 +49,9 @@ def test_sinusoidal_embedding_is_smooth_in_t():
 
 def _transformer(causal: bool = True) -> TransformerForDiffusion:
     torch.manual_seed(0)
-    return TransformerForDiffusion(2, 5, horizon=6, n_obs_steps=3, n_layer=2, n_head=2, n_emb=16, p_drop_attn=0.0, causal_attn=causal).eval()
+    return TransformerForDiffusion(
+        2, 5, horizon=6, n_obs_steps=3, n_layer=2, n_head=2, n_emb=16, p_drop_attn=0.0, causal_attn=causal
+    ).eval()
 
 
 @torch.no_grad()

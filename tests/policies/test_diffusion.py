@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from robopolicy.config import to_dict
-from robopolicy.diffusion import sample
+from robopolicy.diffusion import DenoiserView, sample
 from robopolicy.policies.diffusion import Backbone, DiffusionConfig, DiffusionPolicy, Sampler
 from robopolicy.policy import Policy, get_policy_class
 from robopolicy.types import ActionSpec, FieldKind, FieldSpec, ObservationSpec
@@ -15,6 +17,15 @@ from robopolicy.types import ActionSpec, FieldKind, FieldSpec, ObservationSpec
 OBS = ObservationSpec((FieldSpec("state", (2,)),))
 ACT = ActionSpec(("x", "y"), (-1.0, -1.0), (1.0, 1.0))
 H, TO, C = 8, 2, 0.5
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run far faster on one thread on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def make_policy(backbone: str = "unet", obs=OBS, act=ACT, **kw) -> DiffusionPolicy:
@@ -38,15 +49,6 @@ def bimodal_batch(gen: torch.Generator, b: int) -> dict:
     return {"obs": {"state": state}, "action": (sign * C).expand(b, H, 2).contiguous()}
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models train faster on one thread, and leave the other core to the rest."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize(
     "backbone, kw, lr, samplers",
     [
@@ -56,7 +58,7 @@ def one_thread():
         ("transformer", dict(n_layer=2, n_emb=64, n_head=4, causal_attn=False), 1e-3, ("ddpm",)),
     ],
 )
-def test_learns_both_modes_not_their_mean(one_thread, backbone, kw, lr, samplers):
+def test_learns_both_modes_not_their_mean(backbone, kw, lr, samplers):
     torch.manual_seed(0)
     policy = make_policy(backbone, **kw)
     opt = torch.optim.AdamW(policy.parameters(), lr=lr)
@@ -92,6 +94,7 @@ def test_policy_ddim_equals_ddim_on_its_view(backbone):
     noise = torch.randn(3, 2, H, 2, generator=torch.Generator().manual_seed(1))
     ref = policy.predict_action_chunk(obs, num_samples=2, noise=noise, sampler="ddim", num_inference_steps=8)
     view = policy.denoiser_view()
+    assert isinstance(view, DenoiserView) and view.action_shape == (H, 2)
     cond = torch.repeat_interleave(view.encode(obs), 2, dim=0)
     sigmas = view.sigmas(8)
     x = sample(view, cond, view.noise_to_x(noise.reshape(6, H, 2), sigmas[0]), sigmas, "ddim", x0_clip=1.0)
@@ -109,7 +112,10 @@ def test_batch_equals_single_calls_with_the_same_generators(sampler):
     )
     for i, s in enumerate(seeds):
         single = policy.predict_action_chunk(
-            {"state": obs["state"][i : i + 1]}, num_samples=2, generator=torch.Generator().manual_seed(s), sampler=sampler
+            {"state": obs["state"][i : i + 1]},
+            num_samples=2,
+            generator=torch.Generator().manual_seed(s),
+            sampler=sampler,
         )
         torch.testing.assert_close(batch[i : i + 1], single, atol=1e-5, rtol=1e-5)
     again = policy.predict_action_chunk(
@@ -177,3 +183,27 @@ def test_save_load_round_trip_and_registry(tmp_path):
     assert isinstance(loaded, DiffusionPolicy) and loaded.config == policy.config
     torch.testing.assert_close(loaded.predict_action_chunk(obs, noise=noise), before)
     assert to_dict(loaded.config)["backbone"] == "unet"
+    groups = loaded.optim_groups(1e-3)
+    assert sum(len(g["params"]) for g in groups) == len(list(loaded.parameters()))
+
+
+PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "policies").glob("diffusion_*.yaml"))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
+def test_presets_load_with_dataset_specs(path):
+    cams = (
+        FieldSpec("image.agentview", (84, 84, 3), FieldKind.IMAGE),
+        FieldSpec("image.wrist", (84, 84, 3), FieldKind.IMAGE),
+    )
+    obs = ObservationSpec((FieldSpec("state", (9,)), *(cams if "image" in path.stem else ())))
+    cfg = DiffusionConfig.from_preset(path, obs, ACT, overrides=["num_inference_steps=16"])
+    assert cfg.num_inference_steps == 16 and cfg.action_spec == ACT
+    assert cfg.backbone.value in path.stem
+    if "image" in path.stem:
+        assert cfg.crop_shape == (76, 76)
+    with pytest.raises(ValueError, match="unknown key"):
+        DiffusionConfig.from_preset(path, obs, ACT, overrides=["down_dim=[1]"])
+    if "small" in path.stem:  # cheap enough to build here
+        policy = DiffusionPolicy(cfg)
+        assert sum(p.numel() for p in policy.parameters()) < 20e6

@@ -36,9 +36,13 @@ def test_train_cli_runs_resumes_and_rejects_bad_input(tmp_path, capsys):
     assert (summary["steps"], summary["resumed_from"]) == (6, 4)
     assert main(["train", "--resume", str(run), "--no-progress", "num_steps=7"]) == 0
     assert json.loads((run / "summary.json").read_text())["steps"] == 7
-    assert main(["train", "--config", str(cfg), "--data", str(store), "--out", str(tmp_path / "r2"), "batch_sise=3"]) == 2
+    assert (
+        main(["train", "--config", str(cfg), "--data", str(store), "--out", str(tmp_path / "r2"), "batch_sise=3"]) == 2
+    )
     assert "batch_sise" in capsys.readouterr().err
-    assert main(["train", "--config", str(cfg), "--data", str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "r3")]) == 2
+    assert (
+        main(["train", "--config", str(cfg), "--data", str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "r3")]) == 2
+    )
     assert "not found" in capsys.readouterr().err
 
 

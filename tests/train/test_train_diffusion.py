@@ -9,7 +9,8 @@ import pytest
 from policy_fixture import make_store, tiny_config
 
 from robopolicy.train.data import open_store
-from robopolicy.train.trainer import Trainer, build_policy
+from robopolicy.train.run import build_policy
+from robopolicy.train.trainer import Trainer
 
 pytest.importorskip("robopolicy.policies.diffusion")
 

@@ -17,7 +17,8 @@ from robopolicy.policy import Policy
 from robopolicy.train import checkpoint as ckpt
 from robopolicy.train.config import load_train_config
 from robopolicy.train.data import open_store
-from robopolicy.train.trainer import Trainer, build_policy, train
+from robopolicy.train.run import build_policy, train
+from robopolicy.train.trainer import Trainer
 
 HERE = Path(__file__).resolve().parent
 

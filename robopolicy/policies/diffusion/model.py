@@ -222,6 +222,18 @@ class DiffusionPolicy(Policy):
             x = scheduler.step(out, t, x, **kwargs).prev_sample
         return x
 
+    def optim_groups(self, weight_decay: float, obs_encoder_weight_decay: float = 1e-6) -> list[dict]:
+        """AdamW parameter groups as in DP: the transformer decays only Linear / attention
+        weights; the U-Net decays everything; the obs encoder is its own group."""
+        if isinstance(self.model, TransformerForDiffusion):
+            groups = self.model.optim_groups(weight_decay)
+        else:
+            groups = [{"params": list(self.model.parameters()), "weight_decay": weight_decay}]
+        enc = list(self.obs_encoder.parameters())
+        if enc:
+            groups.append({"params": enc, "weight_decay": obs_encoder_weight_decay})
+        return groups
+
     # ------------------------------------------------------------------ presets
     @classmethod
     def tiny_configs(cls, obs_spec: ObservationSpec, action_spec: ActionSpec) -> dict[str, DiffusionConfig]:

@@ -1,0 +1,135 @@
+"""Scripted-demo generation speed and expert success rates (robosuite on CPU).
+
+Rate: ``generate_demos`` wall time (worker start-up and Zarr writes included) for Lift and
+PickPlaceCan, without cameras and with two 84x84 cameras (agentview + robot0_eye_in_hand),
+with 1 and 2 workers. Success: the expert's success rate over ``--success-episodes`` seeded
+attempts (seeds 0..N-1, no cameras, 2 workers, default noise), also for the optional Stack expert.
+
+    .venv/bin/python benchmarks/bench_demos.py        # writes benchmarks/results/demos.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from robopolicy.data.store import EpisodeStore
+from robopolicy.envs.generate import generate_demos
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("Lift", "PickPlaceCan")
+CAMERAS = ("agentview", "robot0_eye_in_hand")
+
+
+def measure_rate(task: str, cameras: tuple[str, ...], workers: int, n: int, noise: float, tmp: Path) -> dict:
+    out = tmp / f"{task}-{len(cameras)}cam-{workers}w.zarr"
+    r = generate_demos(task, n, out, cameras=cameras, workers=workers, noise=noise, progress=False, overwrite=True)
+    steps = EpisodeStore.open(out).n_steps
+    return {
+        "task": task,
+        "cameras": list(cameras),
+        "workers": workers,
+        "episodes": r.n_written,
+        "attempts": r.n_attempts,
+        "seconds": round(r.seconds, 2),
+        "episodes_per_min": round(60 * r.n_written / r.seconds, 1),
+        "startup_seconds": round(r.first_episode_seconds, 2),
+        "steady_episodes_per_min": round(r.steady_episodes_per_min, 1),
+        "env_steps_per_s": round(steps / r.seconds, 1),
+        "mean_episode_len": round(steps / max(r.n_written, 1), 1),
+    }
+
+
+def measure_success(task: str, n: int, noise: float, workers: int, tmp: Path) -> dict:
+    out = tmp / f"{task}-success.zarr"
+    # n demos with at most n attempts: exactly n seeded attempts (seeds 0..n-1)
+    r = generate_demos(task, n, out, workers=workers, noise=noise, progress=False, overwrite=True, max_attempts=n)
+    return {
+        "task": task,
+        "attempts": r.n_attempts,
+        "successes": r.n_success,
+        "success_rate": round(r.success_rate, 3),
+        "failed_seeds": r.failed_seeds,
+        "noise": noise,
+        "seconds": round(r.seconds, 1),
+    }
+
+
+def to_markdown(res: dict) -> str:
+    lines = [
+        "# Scripted demo generation (robosuite 1.5.1, CPU)",
+        "",
+        f"{res['date']} · {res['machine']} · expert noise {res['noise']} (action std; waypoint std noise/10 m)",
+        "",
+        "## Expert success rate (seeded attempts, no cameras)",
+        "",
+        "| task | successes / attempts | rate | failed seeds |",
+        "|---|---|---|---|",
+    ]
+    for s in res["success"]:
+        lines.append(
+            f"| {s['task']} | {s['successes']} / {s['attempts']} | {s['success_rate']:.0%} | {s['failed_seeds'] or '-'} |"
+        )
+    lines += [
+        "",
+        "## Generation rate (wall time incl. worker start-up and Zarr writes)",
+        "",
+        "| task | cameras | workers | episodes | s | episodes/min | steady episodes/min | env steps/s | mean length |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["rates"]:
+        cams = "+".join(r["cameras"]) + " 84px" if r["cameras"] else "none"
+        lines.append(
+            f"| {r['task']} | {cams} | {r['workers']} | {r['episodes']} | {r['seconds']} | "
+            f"{r['episodes_per_min']} | {r['steady_episodes_per_min']} | {r['env_steps_per_s']} | {r['mean_episode_len']} |"
+        )
+    lines += [
+        "",
+        '"episodes/min" is wall time over the whole run (process start-up, env build and the',
+        'first episode included); "steady" counts episodes after the first one finished, i.e.',
+        "the rate of a long run. The 2 cores are shared with other jobs: load average at start",
+        f"{res['load_avg_at_start'][0]:.1f} (1 min), so 2 workers cannot show their full speed-up",
+        "(research note, idle machine: about 1.7x).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--episodes", type=int, default=10, help="episodes per rate measurement")
+    ap.add_argument("--success-episodes", type=int, default=100)
+    ap.add_argument("--noise", type=float, default=0.05)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args()
+    res: dict = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "load_avg_at_start": os.getloadavg(),
+        "noise": args.noise,
+        "success": [],
+        "rates": [],
+    }
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for task in (*TASKS, "Stack"):
+            res["success"].append(measure_success(task, args.success_episodes, args.noise, 2, tmp))
+            print(res["success"][-1], flush=True)
+        for task in TASKS:
+            for cameras in ((), CAMERAS):
+                for workers in (1, 2):
+                    res["rates"].append(measure_rate(task, cameras, workers, args.episodes, args.noise, tmp))
+                    print(res["rates"][-1], flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "demos.json").write_text(json.dumps(res, indent=2) + "\n")
+    (args.out / "demos.md").write_text(to_markdown(res))
+    print(to_markdown(res))
+
+
+if __name__ == "__main__":
+    main()
