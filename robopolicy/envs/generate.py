@@ -139,7 +139,7 @@ def generate_demos(
     cameras: Sequence[str] = (),
     workers: int = 1,
     seed: int = 0,
-    noise: ExpertNoise | float = 0.0,
+    noise: ExpertNoise | float = 0.05,
     keep_failed: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -150,7 +150,9 @@ def generate_demos(
 ) -> GenerateReport:
     """Record ``n_episodes`` successful scripted-expert demos of ``task`` into a new store at ``out``.
 
-    All arguments are checked before anything is written. Returns a :class:`GenerateReport`;
+    ``noise`` is an :class:`ExpertNoise` or a scale (``ExpertNoise.from_scale``; the default 0.05
+    is what the success rates in ``benchmarks/results/demos.md`` were measured with). All
+    arguments are checked before anything is written. Returns a :class:`GenerateReport`;
     ``report.complete`` is False if ``max_attempts`` ran out first.
     """
     from robopolicy.data.store import EpisodeStore
@@ -161,6 +163,8 @@ def generate_demos(
     cameras = validate_cameras(task, cameras)
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if image_size < 1:

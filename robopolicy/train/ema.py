@@ -33,19 +33,24 @@ class EMA:
         self.averaged = copy.deepcopy(model).eval().requires_grad_(False)
         self.updates = 0
         self.decay = 0.0
+        src = dict(model.named_parameters())
+        self._avg_names = [
+            n for n, p in src.items() if p.requires_grad and p.is_floating_point() and not _in_batchnorm(model, n)
+        ]
+        self._copy_names = [n for n in src if n not in set(self._avg_names)]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> float:
         """Blend ``model``'s weights into the average; returns the decay used."""
         c = self.config
         d = ema_decay(self.updates, c.power, c.inv_gamma, c.max_value)
-        src = dict(model.named_parameters())
-        for name, p_avg in self.averaged.named_parameters():
-            p = src[name]
-            if p.requires_grad and p.is_floating_point() and not _in_batchnorm(model, name):
-                p_avg.mul_(d).add_(p.detach().to(p_avg.dtype), alpha=1.0 - d)
-            else:
-                p_avg.copy_(p.detach())
+        src, avg = dict(model.named_parameters()), dict(self.averaged.named_parameters())
+        if self._avg_names:  # avg = d * avg + (1 - d) * src, one fused kernel per dtype/device
+            targets = [avg[n] for n in self._avg_names]
+            torch._foreach_mul_(targets, d)
+            torch._foreach_add_(targets, [src[n].detach() for n in self._avg_names], alpha=1.0 - d)
+        for n in self._copy_names:
+            avg[n].copy_(src[n].detach())
         src_buf = dict(model.named_buffers())
         for name, b_avg in self.averaged.named_buffers():
             b_avg.copy_(src_buf[name])
