@@ -43,8 +43,8 @@ def _resolve(path: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     from robopolicy.envs.generate import generate_demos
     from robopolicy.eval.runner import evaluate
-    from robopolicy.train.cli import load_train_config
-    from robopolicy.train.trainer import train
+    from robopolicy.train import train
+    from robopolicy.train.config import load_train_config
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,11 +74,11 @@ def run(args: argparse.Namespace) -> int:
     timings["total_s"] = sum(timings.values())
 
     sr = report["success_rate"]
-    lo, hi = report["success_ci95"]
-    result = {"success_rate": sr, "success_ci95": [lo, hi], "timings": timings, "train": summary}
+    lo, hi = report["ci95"]
+    result = {"success_rate": sr, "ci95": [lo, hi], "timings": timings, "train": summary, "eval": report}
     (out / "quickstart.json").write_text(json.dumps(result, indent=2, default=str))
     print()
-    print(f"Lift success: {sr:.0%} ({report['n_success']}/{report['n_episodes']}, 95% CI {lo:.0%}-{hi:.0%})")
+    print(f"Lift success: {sr:.0%} ({report['successes']}/{report['episodes']}, 95% CI {lo:.0%}-{hi:.0%})")
     print(f"time: demos {timings['demos_s']:.0f}s, train {timings['train_s']:.0f}s, eval {timings['eval_s']:.0f}s")
     print(f"checkpoint: {run_dir}")
     print(f"report:     {report_dir / 'report.md'}")

@@ -1,12 +1,15 @@
-"""A trivial registered policy used only as a test fixture (never a product feature).
+"""The one test-only policy ("test_mlp"), registered here and never in the package.
 
-It predicts ``tanh(W obs_last) + noise_scale * noise``: small, stochastic (so seeding and
-batch-vs-single contracts are meaningful) and trainable (so trainer tests can see the loss fall).
+An MLP maps the flattened normalized low-dim obs to a normalized action chunk. It is small and
+trainable (trainer tests watch the loss fall). Its training draws input noise from the global torch RNG,
+so exact resume must restore that RNG. Sampling adds ``noise_scale`` noise through
+``batch_randn``, so the contract's seeding and batch-vs-single checks mean something.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import nn
@@ -16,41 +19,49 @@ from robopolicy.types import ActionSpec, ObservationSpec
 
 
 @dataclasses.dataclass(frozen=True)
-class FixtureLinearConfig(PolicyConfig):
-    noise_scale: float = 0.1
-    """std of the sampling noise in normalized action units."""
+class MLPConfig(PolicyConfig):
+    """Tiny MLP policy config."""
+
+    hidden: int = 64
+    """Hidden width."""
+    input_noise: float = 0.01
+    """Std of noise added to the inputs in training (draws from the global torch RNG)."""
+    noise_scale: float = 0.0
+    """Std of the sampling noise in normalized action units (0: deterministic predictions)."""
 
 
-@register_policy("fixture_linear")
-class FixtureLinearPolicy(Policy):
-    config_class = FixtureLinearConfig
+@register_policy("test_mlp")
+class MLPPolicy(Policy):
+    config_class = MLPConfig
 
-    def __init__(self, config: FixtureLinearConfig, normalizer=None) -> None:
+    def __init__(self, config: MLPConfig, normalizer=None) -> None:
         super().__init__(config, normalizer)
-        d_in = sum(int(torch.tensor(f.shape).prod()) for f in config.obs_spec.low_dim)
-        self.head = nn.Linear(d_in * config.n_obs_steps, config.horizon * config.action_spec.dim)
+        d_in = config.n_obs_steps * sum(math.prod(f.shape) for f in config.obs_spec.low_dim)
+        self.net = nn.Sequential(
+            nn.Linear(d_in, config.hidden), nn.Mish(), nn.Linear(config.hidden, config.horizon * config.action_spec.dim)
+        )
 
     @classmethod
-    def tiny_configs(cls, obs_spec: ObservationSpec, action_spec: ActionSpec) -> dict[str, FixtureLinearConfig]:
-        return {"default": FixtureLinearConfig(obs_spec, action_spec, horizon=8, n_obs_steps=2, n_action_steps=4)}
+    def tiny_configs(cls, obs_spec: ObservationSpec, action_spec: ActionSpec) -> dict[str, MLPConfig]:
+        cfg = MLPConfig(obs_spec, action_spec, horizon=8, n_obs_steps=2, n_action_steps=4, hidden=16, noise_scale=0.1)
+        return {"default": cfg}
 
     def _features(self, obs) -> torch.Tensor:
-        n = self.normalize_obs(obs)
-        return torch.cat([n[f.key].flatten(1) for f in self.config.obs_spec.low_dim], dim=-1)
+        x = self.normalize_obs(obs)
+        return torch.cat([x[f.key].flatten(1) for f in self.config.obs_spec.low_dim], dim=-1)
 
     def compute_loss(self, batch):
         x = self._features(batch["obs"])
+        x = x + self.config.input_noise * torch.randn_like(x)
         target = self.normalizer.normalize("action", self.check_action(batch["action"]))
-        pred = torch.tanh(self.head(x)).view_as(target)
-        loss = nn.functional.mse_loss(pred, target)
+        loss = nn.functional.mse_loss(self.net(x).view(target.shape), target)
         return loss, {"loss": float(loss.detach())}
 
     @torch.no_grad()
-    def predict_action_chunk(self, obs, *, num_samples=1, generator=None):
+    def predict_action_chunk(self, obs, *, num_samples=1, generator=None, num_inference_steps=None):
         c = self.config
         x = self._features(obs)
-        b = x.shape[0]
-        mean = torch.tanh(self.head(x)).view(b, 1, c.horizon, c.action_spec.dim)
-        noise = batch_randn((b, num_samples, c.horizon, c.action_spec.dim), generator, self.device)
+        mean = self.net(x).view(x.shape[0], 1, c.horizon, c.action_spec.dim)
+        noise = batch_randn((x.shape[0], num_samples, c.horizon, c.action_spec.dim), generator, self.device)
         a = self.snap_discrete(self.normalizer.unnormalize("action", mean + c.noise_scale * noise))
         return a[:, 0] if num_samples == 1 else a

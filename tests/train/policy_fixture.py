@@ -1,76 +1,17 @@
-"""Test-only policy ("test_mlp") and tiny stores for the trainer and eval tests.
-
-Registered here, never in the package. The MLP maps the flattened normalized low-dim obs
-(plus a little input noise from the global torch RNG, so that exact resume must restore it)
-to a normalized action chunk.
-"""
+"""Tiny stores and train configs for the trainer and eval tests (policy: tests/fixture_policy.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
-from robopolicy.policy import Policy, PolicyConfig, get_policy_class, register_policy
 from robopolicy.types import osc_pose_action_spec
 
-
-@dataclasses.dataclass(frozen=True)
-class MLPConfig(PolicyConfig):
-    """Tiny MLP policy config."""
-
-    hidden: int = 64
-    """Hidden width."""
-    input_noise: float = 0.01
-    """Std of noise added to the inputs in training (draws from the global torch RNG)."""
-
-
-def _register() -> type[Policy]:
-    try:
-        return get_policy_class("test_mlp")
-    except KeyError:
-        pass
-
-    @register_policy("test_mlp")
-    class MLPPolicy(Policy):
-        config_class = MLPConfig
-
-        def __init__(self, config: MLPConfig, normalizer=None) -> None:
-            super().__init__(config, normalizer)
-            d_in = config.n_obs_steps * sum(math.prod(f.shape) for f in config.obs_spec.low_dim)
-            self.net = nn.Sequential(
-                nn.Linear(d_in, config.hidden),
-                nn.Mish(),
-                nn.Linear(config.hidden, config.horizon * config.action_spec.dim),
-            )
-
-        def _features(self, obs) -> torch.Tensor:
-            x = self.normalize_obs(obs)
-            return torch.cat([x[f.key].flatten(1) for f in self.config.obs_spec.low_dim], dim=-1)
-
-        def compute_loss(self, batch):
-            x = self._features(batch["obs"])
-            x = x + self.config.input_noise * torch.randn_like(x)
-            target = self.normalizer.normalize("action", self.check_action(batch["action"]))
-            pred = self.net(x).view(target.shape)
-            loss = nn.functional.mse_loss(pred, target)
-            return loss, {"mse": float(loss.detach())}
-
-        @torch.no_grad()
-        def predict_action_chunk(self, obs, *, num_samples=1, generator=None, num_inference_steps=None):
-            x = self._features(obs)
-            c = self.config
-            pred = self.net(x).view(x.shape[0], c.horizon, c.action_spec.dim)
-            return self.normalizer.unnormalize("action", pred)
-
-    return MLPPolicy
-
-
-MLPPolicy = _register()
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for `tests.`
+from tests.fixture_policy import MLPConfig, MLPPolicy  # noqa: E402,F401  (registers "test_mlp")
 
 STATE_DIM = 19
 
