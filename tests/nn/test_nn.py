@@ -16,14 +16,7 @@ from robopolicy.nn import (
 )
 from robopolicy.types import FieldKind, FieldSpec, ObservationSpec
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run far faster on one thread on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_unet_shapes_conditioning_and_horizon_check():

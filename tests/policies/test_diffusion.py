@@ -19,13 +19,7 @@ ACT = ActionSpec(("x", "y"), (-1.0, -1.0), (1.0, 1.0))
 H, TO, C = 8, 2, 0.5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run far faster on one thread on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_policy(backbone: str = "unet", obs=OBS, act=ACT, **kw) -> DiffusionPolicy:
