@@ -2,7 +2,7 @@
 
     robopolicy demos generate --task Lift --episodes 100 --out datasets/lift.zarr \\
         [--cameras agentview,robot0_eye_in_hand] [--workers 2] [--seed 0] [--noise 0.05] \\
-        [--keep-failed] [--overwrite]
+        [--keep-failed] [--overwrite | --append]
     robopolicy demos record --task Lift --device keyboard --out datasets/lift_teleop.zarr [--cameras ...]
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 from robopolicy.envs.robosuite_env import TASKS
 
@@ -24,21 +26,45 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="demos_command", metavar="SUBCOMMAND")
     sub.required = True
 
-    g = sub.add_parser("generate", help="record scripted-expert demos (robosuite) into a new store")
+    g = sub.add_parser(
+        "generate",
+        help="record scripted-expert demos (robosuite) into a new store, or append to one",
+        description="Exit codes: 0 all requested demos recorded; 1 the attempt cap ran out first; "
+        "2 bad arguments or output path (nothing written); 130 interrupted by Ctrl-C (finished episodes kept, "
+        "continue with --append; an interrupted --overwrite leaves the old store untouched).",
+    )
     g.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)} (experts: Lift, PickPlaceCan, Stack)")
-    g.add_argument("--episodes", type=int, required=True, help="number of successful demos to record")
+    g.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help="number of successful demos to record (with --append: to add; default there: what the store's "
+        "generation still lacks)",
+    )
     g.add_argument("--out", required=True, help="output store directory (e.g. datasets/lift.zarr)")
     g.add_argument("--cameras", type=_cameras, default=(), help="comma-separated camera names to record as images")
     g.add_argument("--image-size", type=int, default=84, help="camera image size in pixels (default 84)")
     g.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
-    g.add_argument("--seed", type=int, default=0, help="first env seed; episode i uses seed+i (default 0)")
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="first env seed; attempt i uses seed+i (default 0; with --append: after every seed the store used)",
+    )
     g.add_argument(
         "--noise", type=float, default=0.05, help="expert noise scale: action std, waypoint std = noise/10 m (0.05)"
     )
     g.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: the task's)")
     g.add_argument("--max-attempts", type=int, default=None, help="attempt cap (default 2*episodes+20)")
     g.add_argument("--keep-failed", action="store_true", help="also store failed attempts, flagged success=false")
-    g.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it is an episode store (or an empty directory); the old store is kept until "
+        "the new one is complete",
+    )
+    mode.add_argument("--append", action="store_true", help="add demos to the existing store --out (same task/cameras)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.set_defaults(func=_generate)
 
@@ -60,9 +86,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     r.set_defaults(func=_record)
 
 
+def _episodes_to_append(out: str) -> int:
+    """What the store's recorded generation still lacks (``--append`` without ``--episodes``)."""
+    from robopolicy.data.store import EpisodeStore
+    from robopolicy.outputs import is_episode_store
+
+    if not is_episode_store(Path(out)):
+        raise ValueError(f"--append: {out} is not an episode store")
+    with EpisodeStore.open(out, mode="r") as store:
+        gen = store.attrs.get("generation") or {}
+    missing = int(gen.get("requested", 0)) - int(gen.get("n_success", 0))
+    if missing < 1:
+        raise ValueError(f"--append: {out} records no unfinished generation; pass --episodes N to add N demos")
+    return missing
+
+
 def _generate(args: argparse.Namespace) -> int:
     from robopolicy.envs.generate import generate_demos
 
+    if args.episodes is None:
+        if not args.append:
+            raise ValueError("--episodes is required (except with --append on an unfinished generation)")
+        args.episodes = _episodes_to_append(args.out)
     report = generate_demos(
         args.task,
         args.episodes,
@@ -73,12 +118,22 @@ def _generate(args: argparse.Namespace) -> int:
         noise=args.noise,
         keep_failed=args.keep_failed,
         overwrite=args.overwrite,
+        append=args.append,
         progress=not args.no_progress,
         image_size=args.image_size,
         max_steps=args.max_steps,
         max_attempts=args.max_attempts,
     )
     print(json.dumps(report.to_dict()))
+    if report.interrupted:
+        kept = "the old store is unchanged" if args.overwrite else f"{report.n_written} new episodes kept in {args.out}"
+        hint = (
+            ""
+            if args.overwrite
+            else f"; continue with: robopolicy demos generate --task {args.task} --append --out {args.out}"
+        )
+        print(f"interrupted: {kept}{hint}", file=sys.stderr)
+        return 130
     if not report.complete:
         print(
             f"warning: only {report.n_success}/{args.episodes} successful demos after {report.n_attempts} attempts",
@@ -90,9 +145,14 @@ def _generate(args: argparse.Namespace) -> int:
 def _record(args: argparse.Namespace) -> int:
     from robopolicy.envs.robosuite_env import RobosuiteEnv, task_info, validate_cameras
     from robopolicy.envs.teleop import KEYS_HELP, DeviceUnavailableError, KeyboardControls, make_device, record_teleop
+    from robopolicy.outputs import is_episode_store
 
     task_info(args.task)
     validate_cameras(args.task, args.cameras)
+    out = Path(args.out)
+    if out.exists() and not is_episode_store(out):
+        kind = "a file" if not out.is_dir() else "a directory that is not an episode store"
+        raise ValueError(f"--out {out} is {kind}; record into a new path or an existing store")
     # device errors are reported as ValueError: robopolicy.cli prints them as `error: ...`, exit 2
     try:
         controls = KeyboardControls()

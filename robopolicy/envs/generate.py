@@ -18,6 +18,7 @@ stored with ``success=False`` in their metadata; generation goes on with new see
 from __future__ import annotations
 
 import collections
+import math
 import multiprocessing as mp
 import time
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ import numpy as np
 
 from robopolicy.envs.experts import EXPERTS, ExpertNoise, make_expert
 from robopolicy.envs.robosuite_env import RobosuiteEnv, task_info, validate_cameras
+from robopolicy.interrupts import GracefulStop, defer_interrupts, ignore_sigint
+from robopolicy.outputs import check_output_dir, discard, is_episode_store, staging_dir, swap_in
 from robopolicy.types import osc_pose_action_spec
 
 
@@ -47,6 +50,11 @@ class GenerateReport:
     seconds: float = 0.0
     first_episode_seconds: float = 0.0
     failed_seeds: list[int] = field(default_factory=list)
+    seed_start: int = 0
+    next_seed: int = 0
+    """First seed not yet attempted: ``--append`` continues from here."""
+    interrupted: bool = False
+    """Stopped by Ctrl-C before the requested count."""
 
     @property
     def success_rate(self) -> float:
@@ -64,10 +72,15 @@ class GenerateReport:
         return self.n_success >= self.requested
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data (rates that are undefined, e.g. with one attempt, are ``None``, not NaN)."""
         d = asdict(self)
-        d["success_rate"] = self.success_rate
-        d["steady_episodes_per_min"] = self.steady_episodes_per_min
+        d["success_rate"] = _finite_or_none(self.success_rate)
+        d["steady_episodes_per_min"] = _finite_or_none(self.steady_episodes_per_min)
         return d
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 @dataclass(frozen=True)
@@ -118,6 +131,11 @@ def run_episode(env: RobosuiteEnv, job: _EpisodeJob, seed: int) -> tuple[bool, d
     return success_at is not None, data
 
 
+def _pool_init(job: _EpisodeJob) -> None:
+    ignore_sigint()  # Ctrl-C reaches the whole process group: the parent decides when to stop
+    _init_worker(job)
+
+
 def _worker_episode(job: _EpisodeJob, seed: int) -> tuple[int, bool, dict[str, np.ndarray]]:
     _init_worker(job)
     success, data = run_episode(_WORKER["env"], job, seed)
@@ -125,11 +143,30 @@ def _worker_episode(job: _EpisodeJob, seed: int) -> tuple[int, bool, dict[str, n
 
 
 def check_output_path(out: str | Path, overwrite: bool) -> Path:
-    """ValueError if ``out`` exists and ``overwrite`` is False (nothing is touched)."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise ValueError(f"output {out} already exists (pass --overwrite / overwrite=True to replace it)")
-    return out
+    """ValueError if ``out`` may not be written (see :func:`robopolicy.outputs.check_output_dir`)."""
+    return check_output_dir(out, "store", overwrite=overwrite)
+
+
+def _append_plan(store: Any, task: str, cameras: tuple[str, ...], image_size: int, seed: int | None) -> tuple[int, int]:
+    """``(first seed, successes already stored)`` to continue ``store``; ValueError if it was made otherwise."""
+    attrs = store.attrs
+    made_for = attrs.get("task") or str(attrs.get("source", "")).removeprefix("scripted:")
+    if made_for != task:
+        raise ValueError(f"--append: store {store.path} holds {made_for or 'unknown'!r} demos, not {task!r}")
+    if list(attrs.get("cameras", [])) != list(cameras):
+        raise ValueError(
+            f"--append: store {store.path} records cameras {attrs.get('cameras', [])}, got {list(cameras)}"
+        )
+    for k, z in store.fields.items():
+        if k.startswith("image.") and tuple(z.shape[1:3]) != (image_size, image_size):
+            raise ValueError(f"--append: store images are {z.shape[1]}x{z.shape[2]}, got --image-size {image_size}")
+    metas = store.episodes_metadata
+    used = [int(m["seed"]) for m in metas if "seed" in m]
+    gen = attrs.get("generation") or {}
+    first = max([int(gen.get("next_seed", 0)), *(s + 1 for s in used)], default=0)
+    if seed is not None and seed < first:
+        raise ValueError(f"--append: seeds below {first} are already used by {store.path}; pass --seed >= {first}")
+    return (first if seed is None else seed), sum(bool(m.get("success")) for m in metas)
 
 
 def generate_demos(
@@ -138,7 +175,7 @@ def generate_demos(
     out: str | Path,
     cameras: Sequence[str] = (),
     workers: int = 1,
-    seed: int = 0,
+    seed: int | None = None,
     noise: ExpertNoise | float = 0.05,
     keep_failed: bool = False,
     overwrite: bool = False,
@@ -147,13 +184,27 @@ def generate_demos(
     max_steps: int | None = None,
     steps_after_success: int = 10,
     max_attempts: int | None = None,
+    append: bool = False,
 ) -> GenerateReport:
-    """Record ``n_episodes`` successful scripted-expert demos of ``task`` into a new store at ``out``.
+    """Record ``n_episodes`` successful scripted-expert demos of ``task`` into a store at ``out``.
 
     ``noise`` is an :class:`ExpertNoise` or a scale (``ExpertNoise.from_scale``; the default 0.05
     is what the success rates in ``benchmarks/results/demos.md`` were measured with). All
-    arguments are checked before anything is written. Returns a :class:`GenerateReport`;
-    ``report.complete`` is False if ``max_attempts`` ran out first.
+    arguments and the output path are checked before anything is written. Returns a
+    :class:`GenerateReport`; ``report.complete`` is False if ``max_attempts`` ran out first.
+
+    Output modes:
+
+    * new path: written in place; the store's ``generation`` attribute (requested count,
+      seeds, ``complete``) is updated after every episode, so a killed run is visibly incomplete;
+    * ``overwrite``: ``out`` must be an episode store or an empty directory; the new store is
+      written to a hidden sibling and swapped in only when the run ends, so an interrupted or
+      failed run leaves the old store as it was;
+    * ``append``: adds ``n_episodes`` successful demos to the existing store ``out`` with seeds
+      after every seed it already used (``seed`` may only move the start later).
+
+    Ctrl-C stops at an episode boundary (``report.interrupted``): a new or appended store keeps
+    every finished episode and stays valid; an overwrite is abandoned.
     """
     from robopolicy.data.store import EpisodeStore
 
@@ -163,7 +214,7 @@ def generate_demos(
     cameras = validate_cameras(task, cameras)
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
-    if seed < 0:
+    if seed is not None and seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -175,19 +226,40 @@ def generate_demos(
     if max_attempts < n_episodes:
         raise ValueError(f"max_attempts ({max_attempts}) must be >= n_episodes ({n_episodes})")
     noise = noise if isinstance(noise, ExpertNoise) else ExpertNoise.from_scale(float(noise))
-    out = check_output_path(out, overwrite)
+    out = Path(out)
+    if append and overwrite:
+        raise ValueError("--append and --overwrite exclude each other")
+    prior_success, seed_start = 0, seed or 0
+    if append:
+        if not is_episode_store(out):
+            raise ValueError(f"--append: {out} is not an episode store")
+        with EpisodeStore.open(out, mode="r") as existing:
+            seed, prior_success = _append_plan(existing, task, cameras, int(image_size), seed)
+            seed_start = int((existing.attrs.get("generation") or {}).get("seed_start", seed))
+        target = out
+    else:
+        check_output_path(out, overwrite)
+        seed = seed or 0
+        target = staging_dir(out) if out.exists() else out
 
     job = _EpisodeJob(task, cameras, int(image_size), max_steps, noise, int(steps_after_success))
-    report = GenerateReport(path=str(out), task=task, requested=n_episodes)
+    report = GenerateReport(path=str(out), task=task, requested=n_episodes, seed_start=seed, next_seed=seed)
+    generation = {"requested": prior_success + n_episodes, "seed_start": seed_start}
+
+    def record_progress(store: EpisodeStore) -> None:
+        done = prior_success + report.n_success
+        generation.update(n_success=done, next_seed=report.next_seed, complete=done >= generation["requested"])
+        store.set_attrs(generation=dict(generation))
+
     t0 = time.perf_counter()
-    store = EpisodeStore.create(
-        out,
-        action_spec=osc_pose_action_spec(),
-        control_rate=20.0,
-        source=f"scripted:{task}",
-        overwrite=overwrite,
-    )
-    store.set_attrs(task=task, cameras=list(cameras), expert_noise=asdict(noise))
+    if append:
+        store = EpisodeStore.open(target, mode="a")
+    else:
+        store = EpisodeStore.create(
+            target, action_spec=osc_pose_action_spec(), control_rate=20.0, source=f"scripted:{task}"
+        )
+        store.set_attrs(task=task, cameras=list(cameras), expert_noise=asdict(noise))
+    record_progress(store)
     bar = _progress_bar(n_episodes, task, progress)
 
     def consume(s: int, success: bool, data: dict[str, np.ndarray]) -> None:
@@ -195,31 +267,44 @@ def generate_demos(
             report.first_episode_seconds = time.perf_counter() - t0
         report.n_attempts += 1
         report.n_success += success
+        report.next_seed = s + 1
         if not success:
             report.n_failed += 1
             report.failed_seeds.append(s)
-        if success or keep_failed:
-            meta = {"seed": s, "success": bool(success), "teleop_device": "scripted", "task": task}
-            store.add_episode(data, metadata=meta)
-            report.n_written += 1
-            report.n_steps += len(data["action"])
+        with defer_interrupts():  # an episode and the attributes that count it are written whole
+            if success or keep_failed:
+                meta = {"seed": s, "success": bool(success), "teleop_device": "scripted", "task": task}
+                store.add_episode(data, metadata=meta)
+                report.n_written += 1
+                report.n_steps += len(data["action"])
+            record_progress(store)
         if bar is not None:
             bar.set_postfix_str(f"successes {report.n_success}/{report.n_attempts} attempts", refresh=not success)
             bar.update(int(success))
 
     seeds = iter(range(seed, seed + max_attempts))
+    ok = False
     try:
-        if workers == 1:
-            for s in seeds:
-                if report.n_success >= n_episodes:
-                    break
-                consume(*_worker_episode(job, s))
-        else:
-            _run_pool(job, seeds, workers, consume, lambda: report.n_success >= n_episodes)
+        with GracefulStop(f"{task} demo generation", "the end of the current episode") as stop:
+            finished = lambda: report.n_success >= n_episodes or stop.requested  # noqa: E731
+            if workers == 1:
+                for s in seeds:
+                    if finished():
+                        break
+                    consume(*_worker_episode(job, s))
+            else:
+                _run_pool(job, seeds, workers, consume, finished)
+            report.interrupted = stop.requested and report.n_success < n_episodes
+        ok = True
     finally:
         if bar is not None:
             bar.close()
         store.close()
+        if target != out:  # an overwrite: swap in only a finished run
+            if ok and not report.interrupted:
+                swap_in(target, out)
+            else:
+                discard(target)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -227,7 +312,7 @@ def generate_demos(
 def _run_pool(job: _EpisodeJob, seeds, workers: int, consume, finished) -> None:
     """Run episodes on a spawn pool; results are consumed strictly in seed order."""
     ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
+    with ctx.Pool(workers, initializer=_pool_init, initargs=(job,)) as pool:
         pending: collections.deque = collections.deque()
 
         def submit() -> None:

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from robopolicy.envs.robosuite_env import RobosuiteEnv
+from robopolicy.interrupts import defer_interrupts
 
 KEYS_HELP = """\
 teleop keys: n = new episode | Enter = save | Backspace = discard | Esc = quit
@@ -161,7 +162,8 @@ def record_teleop(
                         "task": env.task,
                         "operator": operator,
                     }
-                    report.episode_indices.append(store.add_episode(data, metadata=meta))
+                    with defer_interrupts():  # Ctrl-C while saving: the episode is written whole first
+                        report.episode_indices.append(store.add_episode(data, metadata=meta))
                     report.saved += 1
                     report.steps += len(actions)
                     log(f"episode saved: {len(actions)} steps, success={success} ({report.saved} saved)")
