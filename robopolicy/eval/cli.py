@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from robopolicy.eval.runner import evaluate
+from robopolicy.outputs import is_report_dir
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -35,7 +37,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def check_report_dir(out: Path) -> None:
+    """Refuse, before any rollout, an ``--out`` that is a file or a directory of other files."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; it must be a report directory")
+    if out.is_dir() and not is_report_dir(out) and any(out.iterdir()):
+        raise ValueError(
+            f"--out {out} is a directory of other files, not an evaluation report; choose a new or empty one"
+        )
+
+
 def _run(args: argparse.Namespace) -> int:
+    check_report_dir(Path(args.out))
     report = evaluate(
         args.checkpoint,
         args.suite,

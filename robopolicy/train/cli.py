@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
+from robopolicy.outputs import is_run_dir
 from robopolicy.train.config import TrainConfig, load_train_config
 from robopolicy.train.run import train
 
@@ -57,14 +59,29 @@ def _resolve_out(args: argparse.Namespace) -> Path:
     return Path(out)
 
 
+def check_run_dir(out: Path, resume: bool) -> None:
+    """Refuse, before any work, a run directory that this command may not write."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; it must be a run directory")
+    if resume:
+        if not out.is_dir():
+            raise FileNotFoundError(f"--resume: run directory {out} does not exist")
+        if not (out / "train_config.yaml").is_file():
+            raise ValueError(f"--resume: {out} is not a run directory (it has no train_config.yaml)")
+        return
+    if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
+        raise ValueError(f"{out} already holds checkpoints; pass --resume to continue it or choose another --out")
+    if out.is_dir() and not is_run_dir(out) and any(out.iterdir()):
+        raise ValueError(f"--out {out} is a directory of other files, not a run directory; choose a new or empty one")
+
+
 def _run(args: argparse.Namespace) -> int:
     out = _resolve_out(args)
     if not args.resume and args.config is None:
         raise ValueError("--config is required (unless --resume)")
     if not args.resume and args.data is None:
         raise ValueError("--data is required (unless --resume)")
-    if not args.resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
-        raise ValueError(f"{out} already holds checkpoints; pass --resume to continue it or choose another --out")
+    check_run_dir(out, args.resume)
     if args.data is not None and not Path(args.data).exists():
         raise FileNotFoundError(f"data store not found: {args.data}")
     config: TrainConfig | None = None
@@ -73,4 +90,10 @@ def _run(args: argparse.Namespace) -> int:
     summary = train(config, args.data, out, resume=args.resume, progress=not args.no_progress, overrides=args.overrides)
     print(json.dumps({k: summary[k] for k in ("steps", "wall_time_s", "samples_per_s", "final_loss", "best")}))
     print(f"policy: {summary['latest_policy']}")
+    if summary.get("interrupted"):
+        print(
+            f"interrupted at step {summary['steps']}: checkpoint saved; continue with: robopolicy train --resume {out}",
+            file=sys.stderr,
+        )
+        return 130
     return 0

@@ -70,6 +70,38 @@ def open_store(data: Any) -> Any:
     return EpisodeStore.open(data)
 
 
+def check_finite(store: Any, keys: list[str], block: int = 1 << 16) -> None:
+    """ValueError naming the field, episode and step of the first non-finite value among ``keys``.
+
+    Reads the float fields in blocks of ``block`` steps; images (uint8) cannot hold one. Run
+    before training, so that bad data is refused up front and not found as a NaN loss later.
+    """
+    import numpy as np
+
+    ends = np.asarray(store.episode_ends)
+    for key in keys:
+        if key not in store:
+            continue  # the dataset names a missing key with the valid ones
+        z = store[key]
+        if np.dtype(z.dtype).kind not in "fc":
+            continue
+        n = int(ends[-1]) if len(ends) else 0
+        for start in range(0, n, block):
+            x = np.asarray(z[start : min(n, start + block)])
+            bad = ~np.isfinite(x.reshape(len(x), -1))
+            if bad.any():
+                rows = np.flatnonzero(bad.any(axis=1))
+                step = start + int(rows[0])
+                ep = int(np.searchsorted(ends, step, side="right"))
+                ep_start = int(ends[ep - 1]) if ep > 0 else 0
+                value = x.reshape(len(x), -1)[rows[0]][bad[rows[0]]][0]
+                raise ValueError(
+                    f"store {getattr(store, 'path', '')}: field {key!r} has a non-finite value ({value}) at step {step} "
+                    f"(episode {ep}, step {step - ep_start} of it); {int(bad.sum())} such values in steps "
+                    f"{start}..{start + len(x) - 1} -- fix or drop the episode before training"
+                )
+
+
 def build_datasets(store: Any, config: TrainConfig, timing: dict[str, int]) -> tuple[Dataset, Dataset | None]:
     """Train (and validation, if ``val_ratio > 0``) ``EpisodeDataset``s over ``store``."""
     from robopolicy.data.dataset import EpisodeDataset

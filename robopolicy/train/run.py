@@ -13,7 +13,14 @@ import torch
 
 from robopolicy.policy import Policy, get_policy_class
 from robopolicy.train.config import TrainConfig, load_train_config
-from robopolicy.train.data import build_datasets, build_policy_config, open_store, specs_from_data, timing_fields
+from robopolicy.train.data import (
+    build_datasets,
+    build_policy_config,
+    check_finite,
+    open_store,
+    specs_from_data,
+    timing_fields,
+)
 from robopolicy.train.trainer import Trainer, make_accelerator, seed_everything
 
 
@@ -21,6 +28,7 @@ def build_policy(config: TrainConfig, store: Any) -> tuple[Policy, Any, Any]:
     """Datasets from ``store`` and a fresh policy (seeded init, fitted normalizer)."""
     policy_cls = get_policy_class(config.policy_name)
     fields = config.policy_fields()
+    check_finite(store, [*config.obs_keys, config.action_key])
     train_set, val_set = build_datasets(store, config, timing_fields(policy_cls, fields))
     obs_spec, action_spec = specs_from_data(train_set, config.obs_keys, getattr(store, "action_spec", None))
     policy_config = build_policy_config(policy_cls, fields, obs_spec, action_spec)
@@ -71,6 +79,8 @@ def train(
 def _resume_inputs(out: Path, config: TrainConfig | None, data: Any, overrides: Any) -> tuple:
     if not out.is_dir():
         raise FileNotFoundError(f"--resume: run directory {out} does not exist")
+    if not (out / "train_config.yaml").is_file():
+        raise ValueError(f"--resume: {out} is not a run directory (it has no train_config.yaml)")
     if config is None:
         config = load_train_config(out / "train_config.yaml", overrides)
     if data is None:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from robopolicy.interrupts import GracefulStop, defer_interrupts
 from robopolicy.policy import Policy
 from robopolicy.train import checkpoint as ckpt
 from robopolicy.train.config import TrainConfig, save_train_config
@@ -141,23 +142,39 @@ class Trainer:
         t0, step0 = time.perf_counter(), self.step
         bar = tqdm(total=self.config.num_steps, initial=self.step, disable=not self.progress, desc="train")
         batches = self._batches()
+        interrupted = False
         try:
-            end = min(self.config.num_steps, stop_at or self.config.num_steps)
-            while self.step < end:
-                metrics = self.train_step(next(batches))
-                self.step += 1
-                bar.update(1)
-                for k, v in metrics.items():
-                    self._window[k].append(v)
-                self._after_step(bar, t0, step0)
+            with GracefulStop("training", "the end of this step (a checkpoint is saved)") as stop:
+                end = min(self.config.num_steps, stop_at or self.config.num_steps)
+                while self.step < end:
+                    metrics = self.train_step(next(batches))
+                    self.step += 1
+                    bar.update(1)
+                    for k, v in metrics.items():
+                        self._window[k].append(v)
+                    saved = self._after_step(bar, t0, step0)
+                    if self._stop_requested(stop):
+                        interrupted = self.step < end
+                        if not saved:
+                            self.save_checkpoint()
+                        break
         finally:
             bar.close()
         wall = time.perf_counter() - t0
         summary = self._summary(wall, self.step - step0, resumed_from)
+        summary["interrupted"] = interrupted
         if self.main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         self.logger.close()
         return summary
+
+    def _stop_requested(self, stop: GracefulStop) -> bool:
+        """Ctrl-C seen (by the main process, so that every process stops at the same step)."""
+        if self.acc.num_processes == 1:
+            return stop.requested
+        from accelerate.utils import broadcast_object_list
+
+        return bool(broadcast_object_list([stop.requested], from_process=0)[0])
 
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, float]:
         """One optimizer step; returns float metrics (loss, lr, grad_norm, policy metrics)."""
@@ -225,19 +242,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/step_<n>`` and move ``latest`` (and ``best``) to it."""
+        """Write ``checkpoints/step_<n>`` and move ``latest`` (and ``best``) to it (a Ctrl-C
+        during the write is held until it is complete)."""
         d = ckpt.step_dir(self.run_dir, self.step)
         self.acc.wait_for_everyone()
         if self.main:
-            self.deploy_policy.save(d / "policy")
-            ckpt.save_train_state(d / "train_state", self.policy, self._train_state())
-            ckpt.point(self.run_dir / "latest", d / "policy")
-            if self.best is not None and self.best["step"] == self.step:
-                ckpt.point(self.run_dir / "best", d / "policy")
-            best = ckpt.step_dir(self.run_dir, self.best["step"]) if self.best else None
-            ckpt.prune(self.run_dir, self.config.keep_checkpoints, (best,) if best else ())
+            with defer_interrupts():
+                self._write_checkpoint(d)
         self.acc.wait_for_everyone()
         return d
+
+    def _write_checkpoint(self, d: Path) -> None:
+        self.deploy_policy.save(d / "policy")
+        ckpt.save_train_state(d / "train_state", self.policy, self._train_state())
+        ckpt.point(self.run_dir / "latest", d / "policy")
+        if self.best is not None and self.best["step"] == self.step:
+            ckpt.point(self.run_dir / "best", d / "policy")
+        best = ckpt.step_dir(self.run_dir, self.best["step"]) if self.best else None
+        ckpt.prune(self.run_dir, self.config.keep_checkpoints, (best,) if best else ())
 
     def resume(self) -> int | None:
         """Restore the newest complete checkpoint of the run directory; returns its step."""
@@ -293,7 +315,8 @@ class Trainer:
             self.epoch += 1
             self.batches_in_epoch = 0
 
-    def _after_step(self, bar: tqdm, t0: float, step0: int) -> None:
+    def _after_step(self, bar: tqdm, t0: float, step0: int) -> bool:
+        """Log, evaluate and checkpoint as the config says; True if a checkpoint was saved."""
         c, s = self.config, self.step
         last = s == c.num_steps
         if s % c.log_every == 0 or last:
@@ -317,6 +340,8 @@ class Trainer:
                 self.last_metrics["val_loss"] = val["loss"]
                 self.logger.log(s, val, prefix="val")
             self.save_checkpoint()
+            return True
+        return False
 
     def _write_run_files(self) -> None:
         self._t_start = time.perf_counter()

@@ -51,5 +51,5 @@ def test_eval_cli_errors(tmp_path, capsys):
     assert "neither a policy directory" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("task: Lifft\n")
-    assert main(["eval", "--checkpoint", str(tmp_path), "--suite", str(bad), "--out", str(tmp_path)]) == 2
+    assert main(["eval", "--checkpoint", str(tmp_path), "--suite", str(bad), "--out", str(tmp_path / "report")]) == 2
     assert "unknown task 'Lifft'" in capsys.readouterr().err
