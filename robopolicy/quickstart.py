@@ -4,6 +4,10 @@
 2. train the small low-dim Diffusion Policy on them,
 3. evaluate it in robosuite on held-out seeds,
 4. print the success rate and where the checkpoint, report and videos are.
+
+Run it again after a Ctrl-C and it picks up where it stopped: an unfinished demo generation is
+completed with fresh seeds (``demos generate --append``) and training resumes from its newest
+checkpoint.
 """
 
 from __future__ import annotations
@@ -40,29 +44,57 @@ def _resolve(path: str) -> Path:
     return p if p.exists() or p.is_absolute() else REPO / p
 
 
+def _missing_demos(store: Path) -> int | None:
+    """None: no store yet; else how many demos its recorded generation still lacks (0: done)."""
+    from robopolicy.data.store import EpisodeStore
+
+    if not store.exists():
+        return None
+    with EpisodeStore.open(store, mode="r") as s:
+        gen = s.attrs.get("generation") or {}
+    return max(0, int(gen.get("requested", 0)) - int(gen.get("n_success", 0)))
+
+
 def run(args: argparse.Namespace) -> int:
     from robopolicy.envs.generate import generate_demos
     from robopolicy.eval.runner import evaluate
     from robopolicy.train import train
+    from robopolicy.train.checkpoint import latest_complete
     from robopolicy.train.config import load_train_config
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; it must be a folder")
     store, run_dir, report_dir = out / "lift.zarr", out / "run", out / "report"
+    for path, what in ((store, "an episode store"), (run_dir, "a run directory"), (report_dir, "a report")):
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{path} is a file; the quick start needs it to be {what}")
+    config = load_train_config(_resolve(args.train_config), list(args.overrides))
+    out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    if store.exists():
+    missing = _missing_demos(store)
+    if missing == 0:
         print(f"[1/3] using existing demonstrations in {store}")
-    else:
+    elif missing is None:
         print(f"[1/3] generating {args.episodes} scripted Lift demonstrations -> {store}")
-        generate_demos("Lift", args.episodes, str(store), workers=args.workers, seed=0)
+        report = generate_demos("Lift", args.episodes, str(store), workers=args.workers, seed=0)
+        if report.interrupted:
+            raise KeyboardInterrupt
+    else:  # an earlier quick start was interrupted: finish its generation
+        print(f"[1/3] continuing the unfinished generation in {store}: {missing} more demonstrations")
+        report = generate_demos("Lift", missing, str(store), workers=args.workers, append=True)
+        if report.interrupted:
+            raise KeyboardInterrupt
     timings["demos_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    print(f"[2/3] training {args.train_config} -> {run_dir}")
-    config = load_train_config(_resolve(args.train_config), list(args.overrides))
-    summary = train(config, str(store), str(run_dir), resume=False)
+    resume = latest_complete(run_dir) is not None
+    print(f"[2/3] training {args.train_config} -> {run_dir}" + (" (resuming)" if resume else ""))
+    summary = train(config, str(store), str(run_dir), resume=resume)
+    if summary.get("interrupted"):
+        raise KeyboardInterrupt
     timings["train_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
