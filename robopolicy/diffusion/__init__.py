@@ -1,6 +1,6 @@
 """Noise schedules, the common denoiser view (contract) and deterministic samplers."""
 
-from robopolicy.diffusion.samplers import SamplerMethod, karras_sigmas, sample
+from robopolicy.diffusion.samplers import SamplerMethod, karras_sigmas, randn_rows, sample, sample_chunk
 from robopolicy.diffusion.schedulers import NoiseScheduleConfig, make_ddim, make_ddpm
 from robopolicy.diffusion.view import DenoiserView, PredictionType, VPDenoiserView, repeat_cond
 
@@ -11,8 +11,10 @@ __all__ = [
     "SamplerMethod",
     "VPDenoiserView",
     "karras_sigmas",
+    "randn_rows",
     "make_ddim",
     "make_ddpm",
     "repeat_cond",
     "sample",
+    "sample_chunk",
 ]

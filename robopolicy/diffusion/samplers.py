@@ -1,10 +1,16 @@
-"""Deterministic samplers that run on a :class:`DenoiserView` alone.
+"""Samplers that run on a :class:`DenoiserView` alone, and :func:`sample_chunk`, the one
+entry point every denoising policy (and RTI, GPC, the controller) samples through.
 
-All work in the view's variance-exploding coordinate ``x = x0 + sigma * eps`` and take a
-descending schedule ``sigmas`` (n + 1,) (usually ``view.sigmas(n)``, ending in 0; a partial
-schedule ending above 0 is fine, e.g. for RTI warm starts)::
+All work in the view's variance-exploding coordinate ``x = x0 + sigma * eps`` on x of any
+rank (B, ...) and take a descending schedule ``sigmas`` (n + 1,) (usually ``view.sigmas(n)``,
+ending in 0; a partial schedule ending above 0 is fine)::
 
-    x_init (B, H, Da) at sigmas[0]  ->  x (B, H, Da) at sigmas[-1]   (= x0 when it ends in 0)
+    x_init (B, ...) at sigmas[0]  ->  x (B, ...) at sigmas[-1]   (= x0 when it ends in 0)
+
+DDIM, Euler, Heun and DPM-Solver++(2M) are deterministic. DDPM is ancestral: each step draws
+the posterior ``q(x_prev | x, x0_hat)`` of the VE chain, which is exactly DDPM's posterior
+(``fixed_small`` variance) mapped to this coordinate, so on a VP view it equals diffusers'
+``DDPMScheduler`` for the same per-step noise.
 
 ``x0_clip`` clamps each x0_hat to [-c, c] (Diffusion Policy's ``clip_sample``). DDIM keeps
 the unclipped noise direction, exactly as diffusers' ``DDIMScheduler`` (eta = 0) does, so
@@ -21,8 +27,25 @@ import torch
 
 from robopolicy.diffusion.view import DenoiserView
 
+# one torch.Generator, a list with one per batch row (diffusers' convention), or None
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def randn_rows(shape: tuple[int, ...], generator: Generators, device: Any = "cpu", dtype=torch.float32) -> torch.Tensor:
+    """Standard normal noise of ``shape = (B, ...)``; with a list of generators row i comes from
+    ``generator[i]`` alone (so a batch equals single calls). Drawn on the generator's device."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator]).to(
+            device
+        )
+    gdev = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gdev, dtype=dtype).to(device)
+
 
 class SamplerMethod(str, enum.Enum):
+    DDPM = "ddpm"
     DDIM = "ddim"
     EULER = "euler"
     HEUN = "heun"
@@ -84,12 +107,44 @@ def sample_dpmpp_2m(view: DenoiserView, cond: Any, x: torch.Tensor, sigmas: torc
     return x
 
 
+def sample_ddpm(
+    view: DenoiserView, cond: Any, x: torch.Tensor, sigmas: torch.Tensor, x0_clip=None, generator: Generators = None
+) -> torch.Tensor:
+    """Ancestral DDPM: ``x' = x0c + r (x - x0c) + sqrt(sigma'^2 (1 - r)) z`` with ``r = sigma'^2 / sigma^2``
+    and ``x0c = clip(x0_hat)``; no noise on the step to sigma' = 0. One model call per step."""
+    s = [float(v) for v in sigmas]
+    for sigma, sigma_next in zip(s[:-1], s[1:]):
+        x0 = _clip(view.denoise(x, sigma, cond), x0_clip)
+        r = (sigma_next / sigma) ** 2
+        x = x0 + r * (x - x0)
+        if sigma_next > 0:
+            var = max(sigma_next**2 * (1 - r), 1e-20 * (1 + sigma_next**2))  # diffusers' 1e-20 floor, VE units
+            x = x + math.sqrt(var) * randn_rows(tuple(x.shape), generator, x.device, x.dtype)
+    return x
+
+
 _METHODS = {
     SamplerMethod.DDIM: sample_ddim,
     SamplerMethod.EULER: sample_euler,
     SamplerMethod.HEUN: sample_heun,
     SamplerMethod.DPMPP_2M: sample_dpmpp_2m,
 }
+
+
+def _check_schedule(sigmas: torch.Tensor) -> torch.Tensor:
+    sigmas = torch.as_tensor(sigmas)
+    if sigmas.ndim != 1 or len(sigmas) < 2:
+        raise ValueError(f"sigmas must be a 1-D schedule with >= 2 entries, got shape {tuple(sigmas.shape)}")
+    if bool((sigmas[1:] > sigmas[:-1]).any()) or float(sigmas[-2]) <= 0:
+        raise ValueError("sigmas must be descending with only the last entry allowed to be 0")
+    return sigmas
+
+
+def _method(method: SamplerMethod | str) -> SamplerMethod:
+    try:
+        return SamplerMethod(method)
+    except ValueError:
+        raise ValueError(f"unknown sampler {method!r}; choose from {[m.value for m in SamplerMethod]}") from None
 
 
 def sample(
@@ -99,21 +154,57 @@ def sample(
     sigmas: torch.Tensor,
     method: SamplerMethod | str = SamplerMethod.DDIM,
     x0_clip: float | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
-    """Run ``method`` from ``x_init`` (B, H, Da) at ``sigmas[0]`` down to ``sigmas[-1]``.
+    """Run ``method`` from ``x_init`` (B, ...) at ``sigmas[0]`` down to ``sigmas[-1]``.
 
     Returns the chunk in the view's normalized coordinate; ``view.to_action`` gives env units.
+    ``generator`` feeds the ancestral (DDPM) steps only.
     """
-    try:
-        method = SamplerMethod(method)
-    except ValueError:
-        raise ValueError(f"unknown sampler {method!r}; choose from {[m.value for m in SamplerMethod]}") from None
-    sigmas = torch.as_tensor(sigmas)
-    if sigmas.ndim != 1 or len(sigmas) < 2:
-        raise ValueError(f"sigmas must be a 1-D schedule with >= 2 entries, got shape {tuple(sigmas.shape)}")
-    if bool((sigmas[1:] > sigmas[:-1]).any()) or float(sigmas[-2]) <= 0:
-        raise ValueError("sigmas must be descending with only the last entry allowed to be 0")
+    method, sigmas = _method(method), _check_schedule(sigmas)
+    if method is SamplerMethod.DDPM:
+        return sample_ddpm(view, cond, x_init, sigmas, x0_clip, generator)
     return _METHODS[method](view, cond, x_init, sigmas, x0_clip)
+
+
+def sample_chunk(
+    view: DenoiserView,
+    cond: Any,
+    *,
+    batch: int | None = None,
+    x_init: torch.Tensor | None = None,
+    sigma_start: float | None = None,
+    method: SamplerMethod | str = SamplerMethod.DDIM,
+    steps: int = 10,
+    noise: torch.Tensor | None = None,
+    generator: Generators = None,
+    x0_clip: float | None = None,
+    device: Any = "cpu",
+) -> torch.Tensor:
+    """One normalized chunk (B, *view.action_shape) by ``method`` in ``steps`` model calls.
+
+    * Cold start (``x_init`` None): from standard normal ``noise`` (drawn from ``generator`` for
+      ``batch`` rows if not given) mapped to the prior at the top of ``view.sigmas(steps)``.
+    * Warm start: ``x_init`` (B, ...) is the iterate at ``sigma_start`` (RTI passes its shifted
+      previous chunk) and ``steps`` steps of ``view.sigmas(steps, sigma_start)`` run down to 0.
+      ``sigma_start`` None means the top of the cold schedule.
+
+    With a list of generators, row b's noise (initial and ancestral) comes from ``generator[b]``
+    alone. Env units: ``view.to_action(result, snap=True)``.
+    """
+    if x_init is None:
+        sigmas = view.sigmas(steps) if sigma_start is None else view.sigmas(steps, sigma_start)
+        if noise is None:
+            if batch is None:
+                raise ValueError("sample_chunk needs batch, noise or x_init")
+            noise = randn_rows((batch, *view.action_shape), generator, device)
+        x = view.noise_to_x(noise, float(sigmas[0]))
+    else:
+        if noise is not None:
+            raise ValueError("pass either x_init (a warm start) or noise (a cold start), not both")
+        sigmas = view.sigmas(steps, sigma_start if sigma_start is not None else float(view.sigmas(steps)[0]))
+        x = x_init
+    return sample(view, cond, x, sigmas, method, x0_clip, generator)
 
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:

@@ -4,17 +4,26 @@ Samplers, RTI, GPC, DSRL and chunk inpainting use only this view, never the mode
 
 Coordinate (variance exploding, k-diffusion / EDM style), on the *normalized* action chunk::
 
-    x = x0 + sigma * eps              x: (B, H, Da), sigma >= 0, eps ~ N(0, I)
+    x = x0 + sigma * eps              x: (B, ...) any rank, sigma >= 0, eps ~ N(0, I)
 
 A variance-preserving (DDPM) model with ``x_vp = sqrt(a) x0 + sqrt(1-a) eps`` maps to it by
 ``x = x_vp / sqrt(a)`` and ``sigma = sqrt((1 - a) / a)`` (``a`` = alpha_bar). A view provides:
 
 * ``encode(obs) -> cond``: obs in env units ``{key: (B, To, ...)}``, normalized inside; once per
   control step, reused across denoising steps and samples (``repeat_cond`` for N samples).
-* ``denoise(x, sigma, cond) -> x0_hat`` (B, H, Da); ``sigma`` a float or a (B,) tensor.
-* ``sigmas(n) -> (n + 1,)`` descending float64, last entry 0: the model's own n-step schedule.
-* ``noise_to_x(noise, sigma)``: standard normal noise -> a starting point at ``sigma``.
-* ``to_action(x0) -> env units``; ``sigma_max`` / ``sigma_min``; ``action_shape = (H, Da)``.
+* ``denoise(x, sigma, cond) -> x0_hat`` of x's shape; ``sigma`` a float or a (B,) tensor. A sigma
+  outside ``[sigma_min, sigma_max]`` is refused (``ValueError``) unless the view was built with
+  ``out_of_range="clamp"``, which clamps it explicitly.
+* ``sigmas(n, sigma_start=None) -> (n + 1,)`` descending float64, last entry 0: the model's own
+  n-step schedule, or n steps from ``sigma_start`` down (warm starts).
+* ``noise_to_x(noise, sigma)``: standard normal noise -> the model's prior at ``sigma``.
+* ``from_action(a)`` / ``to_action(x0, snap=False)``: env units to and from the coordinate,
+  affine (so the views of policies with different normalizers can be mixed); ``snap=True``
+  then snaps discrete dims (grippers) to their limits.
+* ``sigma_max`` / ``sigma_min``; ``action_shape`` (e.g. ``(H, Da)``).
+
+A view holds no mutable state: its schedule tables are computed once at construction, so one
+view may serve several threads.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from robopolicy.diffusion.schedulers import NoiseScheduleConfig, make_ddim
 class DenoiserView(Protocol):
     """What every diffusion-family policy exposes through ``policy.denoiser_view()``."""
 
-    action_shape: tuple[int, int]
+    action_shape: tuple[int, ...]
     sigma_max: float
     sigma_min: float
 
@@ -41,11 +50,28 @@ class DenoiserView(Protocol):
 
     def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor, cond: Any) -> torch.Tensor: ...
 
-    def sigmas(self, n: int) -> torch.Tensor: ...
+    def sigmas(self, n: int, sigma_start: float | None = None) -> torch.Tensor: ...
 
     def noise_to_x(self, noise: torch.Tensor, sigma: float) -> torch.Tensor: ...
 
-    def to_action(self, x0: torch.Tensor) -> torch.Tensor: ...
+    def from_action(self, action: torch.Tensor) -> torch.Tensor: ...
+
+    def to_action(self, x0: torch.Tensor, snap: bool = False) -> torch.Tensor: ...
+
+
+def batch_sigma(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B,) float64 sigmas for a batch ``x`` (B, ...) from a float, a 0-d or a (B,) tensor."""
+    sig = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1)
+    if sig.numel() == 1:
+        return sig.expand(x.shape[0])
+    if sig.shape[0] != x.shape[0]:
+        raise ValueError(f"got {sig.shape[0]} sigmas for a batch of {x.shape[0]}")
+    return sig
+
+
+def per_row(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, ..., 1) broadcastable against ``x`` (B, ...), in x's dtype."""
+    return v.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 
 
 class PredictionType(str, enum.Enum):
@@ -66,7 +92,11 @@ class VPDenoiserView:
     A sigma between two training steps maps to a fractional timestep, interpolated in
     log-sigma (the networks embed t sinusoidally, so fractional t is well defined); a sigma
     on a training step gives that exact integer step. ``sigmas(n)`` uses diffusers' DDIM
-    spacing for the same schedule, so DDIM on this view reproduces ``DDIMScheduler``.
+    ("leading") spacing for the same schedule, so DDIM on this view reproduces
+    ``DDIMScheduler``, and DDPM ancestral sampling on it reproduces ``DDPMScheduler``.
+
+    ``to_action_fn`` maps the normalized chunk to env units and ``from_action_fn`` back (both
+    affine); ``snap_fn`` snaps discrete dims of env-unit actions (identity if None).
     """
 
     def __init__(
@@ -74,15 +104,23 @@ class VPDenoiserView:
         model_fn: ModelFn,
         encode_fn: Callable[[Mapping[str, Any]], Any],
         to_action_fn: Callable[[torch.Tensor], torch.Tensor],
-        action_shape: tuple[int, int],
+        action_shape: tuple[int, ...],
         schedule: NoiseScheduleConfig = NoiseScheduleConfig(),
+        *,
+        from_action_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        snap_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        out_of_range: str = "error",
     ) -> None:
-        self.model_fn, self.encode_fn, self.to_action_fn = model_fn, encode_fn, to_action_fn
+        if out_of_range not in ("error", "clamp"):
+            raise ValueError(f"out_of_range must be 'error' or 'clamp', got {out_of_range!r}")
+        self.model_fn, self.encode_fn = model_fn, encode_fn
+        self.to_action_fn, self.from_action_fn, self.snap_fn = to_action_fn, from_action_fn, snap_fn
         self.action_shape = tuple(action_shape)
         self.schedule = schedule
+        self.out_of_range = out_of_range
         self.prediction_type = PredictionType(schedule.prediction_type)
-        self._ddim = make_ddim(schedule)
-        ac = self._ddim.alphas_cumprod.double()
+        ac = make_ddim(schedule).alphas_cumprod.double()  # the training schedule, read once
+        self.num_train_timesteps = len(ac)
         self.train_sigmas = ((1 - ac) / ac).sqrt()  # (T,), ascending in t
         self._log_sigmas = self.train_sigmas.log()
         self.sigma_max = float(self.train_sigmas[-1])
@@ -93,41 +131,69 @@ class VPDenoiserView:
         return self.encode_fn(obs)
 
     def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor, cond: Any) -> torch.Tensor:
-        """x: (B, H, Da) at noise level sigma (float or (B,)) -> x0_hat (B, H, Da)."""
-        sig = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1)
-        if sig.numel() == 1:
-            sig = sig.expand(x.shape[0])
+        """x: (B, ...) at noise level sigma (float or (B,)) -> x0_hat (B, ...)."""
+        sig = self.check_sigma(batch_sigma(sigma, x))
         t = self.sigma_to_t(sig).to(x.dtype)
-        c_in = (1 + sig**2).rsqrt().to(x.dtype)[:, None, None]  # = sqrt(alpha_bar)
+        c_in = per_row((1 + sig**2).rsqrt(), x)  # = sqrt(alpha_bar)
         x_vp = x * c_in
         out = self.model_fn(x_vp, t, cond)
-        s = sig.to(x.dtype)[:, None, None]
+        s = per_row(sig, x)
         if self.prediction_type is PredictionType.EPSILON:
             return x - s * out
         if self.prediction_type is PredictionType.SAMPLE:
             return out
         return x_vp * c_in - (s * c_in) * out  # v: x0 = sqrt(a) x_vp - sqrt(1-a) v
 
-    def sigmas(self, n: int) -> torch.Tensor:
-        """(n + 1,) float64: sigma at diffusers' DDIM timesteps for n steps, then 0."""
-        if not 1 <= n <= self.schedule.num_train_timesteps:
-            raise ValueError(f"number of steps must be in [1, {self.schedule.num_train_timesteps}], got {n}")
-        self._ddim.set_timesteps(n)
-        steps = self._ddim.timesteps.long()
-        return torch.cat([self.train_sigmas[steps], torch.zeros(1, dtype=torch.float64)])
+    def sigmas(self, n: int, sigma_start: float | None = None) -> torch.Tensor:
+        """(n + 1,) float64 descending, last entry 0.
+
+        Without ``sigma_start``: sigma at diffusers' DDIM timesteps for n steps (leading
+        spacing: ``k * (T // n)`` for k = n-1 ... 0). With it: n timesteps evenly spaced from
+        ``sigma_start``'s (possibly fractional) timestep down to 0; a start on the top of the
+        n-step DDIM schedule gives exactly ``sigmas(n)``.
+        """
+        T = self.num_train_timesteps
+        if not 1 <= n <= T:
+            raise ValueError(f"number of steps must be in [1, {T}], got {n}")
+        if sigma_start is None:
+            t = torch.arange(n - 1, -1, -1, dtype=torch.float64) * (T // n)
+        else:
+            t_start = float(self.sigma_to_t(self.check_sigma(torch.tensor([float(sigma_start)]))))
+            t = torch.linspace(t_start, 0.0, n, dtype=torch.float64) if n > 1 else torch.tensor([t_start])
+            t = torch.where((t - t.round()).abs() < 1e-6, t.round(), t)
+        return torch.cat([self.t_to_sigma(t), torch.zeros(1, dtype=torch.float64)])
 
     def noise_to_x(self, noise: torch.Tensor, sigma: float) -> torch.Tensor:
         """DDPM's prior x_vp ~ N(0, I) at ``sigma``: x = noise * sqrt(1 + sigma^2)."""
         return noise * (1.0 + float(sigma) ** 2) ** 0.5
 
-    def to_action(self, x0: torch.Tensor) -> torch.Tensor:
-        return self.to_action_fn(x0)
+    def from_action(self, action: torch.Tensor) -> torch.Tensor:
+        if self.from_action_fn is None:
+            raise NotImplementedError("this view was built without from_action_fn")
+        return self.from_action_fn(action)
+
+    def to_action(self, x0: torch.Tensor, snap: bool = False) -> torch.Tensor:
+        a = self.to_action_fn(x0)
+        return self.snap_fn(a) if snap and self.snap_fn is not None else a
 
     # ------------------------------------------------------------------ helpers
+    def check_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Refuse (or, with ``out_of_range="clamp"``, clamp) sigmas outside the trained range."""
+        lo, hi = self.sigma_min * (1 - 1e-6), self.sigma_max * (1 + 1e-6)
+        if bool(((sigma < lo) | (sigma > hi)).any()):
+            if self.out_of_range == "clamp":
+                return sigma.clamp(self.sigma_min, self.sigma_max)
+            bad = sigma[(sigma < lo) | (sigma > hi)][0].item()
+            raise ValueError(
+                f"sigma {bad:.6g} is outside the trained range [{self.sigma_min:.6g}, {self.sigma_max:.6g}] "
+                "(build the view with out_of_range='clamp' to clamp it explicitly)"
+            )
+        return sigma
+
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        """(B,) sigmas -> (B,) float timesteps; clamped to the training range."""
+        """(B,) sigmas in the trained range -> (B,) float timesteps (exact integers on the grid)."""
         ls_table = self._log_sigmas.to(sigma.device)
-        ls = sigma.double().clamp_min(1e-12).log().clamp(float(ls_table[0]), float(ls_table[-1]))
+        ls = sigma.double().clamp_min(1e-300).log().clamp(float(ls_table[0]), float(ls_table[-1]))
         hi = torch.searchsorted(ls_table, ls).clamp(1, len(ls_table) - 1)
         lo = hi - 1
         w = (ls - ls_table[lo]) / (ls_table[hi] - ls_table[lo])
@@ -136,8 +202,14 @@ class VPDenoiserView:
         return torch.where((t - snapped).abs() < 1e-4, snapped, t)
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
-        """Integer timesteps -> sigma (float64)."""
-        return self.train_sigmas.to(t.device)[t.long()]
+        """Timesteps (integer or fractional, log-sigma interpolation) -> sigma (float64)."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        table = self._log_sigmas.to(t.device)
+        lo = t.floor().long().clamp(0, len(table) - 1)
+        hi = (lo + 1).clamp(max=len(table) - 1)
+        w = t - lo.double()
+        exact = self.train_sigmas.to(t.device)[lo]  # on the grid: the table's own value, bit for bit
+        return torch.where(w == 0, exact, (table[lo] + w * (table[hi] - table[lo])).exp())
 
 
 def repeat_cond(cond: Any, n: int) -> Any:

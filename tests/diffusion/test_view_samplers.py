@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robopolicy.diffusion import NoiseScheduleConfig, VPDenoiserView, karras_sigmas, make_ddim, repeat_cond, sample
+from robopolicy.diffusion import (
+    NoiseScheduleConfig,
+    VPDenoiserView,
+    karras_sigmas,
+    make_ddim,
+    repeat_cond,
+    sample,
+    sample_chunk,
+)
 from robopolicy.nn import ConditionalUnet1D
 
 H, DA, G = 8, 3, 5
@@ -127,3 +135,139 @@ def test_repeat_cond_orders_samples_within_each_element():
     assert repeat_cond(c, 3)[:, 0].tolist() == [0, 0, 0, 1, 1, 1]
     d = repeat_cond({"a": c, "b": (c,)}, 2)
     assert d["a"].shape == (4, 1) and d["b"][0].shape == (4, 1)
+
+
+# ---------------------------------------------------------------------- view v2: DDPM, v, partial schedules
+def diffusers_ddpm(net, cond, noise, n, seeds, prediction_type="epsilon") -> torch.Tensor:
+    from robopolicy.diffusion import make_ddpm
+
+    sched = make_ddpm(NoiseScheduleConfig(prediction_type=prediction_type))
+    sched.set_timesteps(n)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    x = noise
+    for t in sched.timesteps:
+        x = sched.step(net(x, t, cond), t, x, generator=gens).prev_sample
+    return x
+
+
+@pytest.mark.parametrize(
+    "n, prediction_type", [(100, "epsilon"), (10, "epsilon"), (100, "v_prediction"), (7, "sample")]
+)
+@torch.no_grad()
+def test_ddpm_on_view_matches_diffusers_for_the_same_noise(net, n, prediction_type):
+    gen = torch.Generator().manual_seed(100 + n)
+    cond = torch.randn(3, G, generator=gen)
+    noise = torch.randn(3, H, DA, generator=gen)
+    seeds = [11, 12, 13]
+    ref = diffusers_ddpm(net, cond, noise, n, seeds, prediction_type)
+    view = make_view(net, prediction_type)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    x = sample_chunk(view, cond, noise=noise, method="ddpm", steps=n, generator=gens, x0_clip=1.0)
+    torch.testing.assert_close(x, ref, atol=2e-4, rtol=2e-4)
+    # the noise matters: other seeds give another chunk
+    other = sample_chunk(view, cond, noise=noise, method="ddpm", steps=n, generator=torch.Generator(), x0_clip=1.0)
+    assert not torch.allclose(other, ref, atol=1e-3)
+
+
+@pytest.mark.parametrize("n", [1, 4, 10])
+@torch.no_grad()
+def test_ddim_with_v_prediction_matches_diffusers(net, n):
+    gen = torch.Generator().manual_seed(n)
+    cond, noise = torch.randn(2, G, generator=gen), torch.randn(2, H, DA, generator=gen)
+    ref = diffusers_ddim(net, cond, noise, n, "v_prediction")
+    x = sample_chunk(make_view(net, "v_prediction"), cond, noise=noise, method="ddim", steps=n, x0_clip=1.0)
+    torch.testing.assert_close(x, ref, atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_v_prediction_denoise_inverts_the_forward_process(net):
+    view = make_view(net, "v_prediction")
+    x0, eps = torch.rand(2, H, DA) * 2 - 1, torch.randn(2, H, DA)
+    sigma = torch.tensor([0.2, 5.0], dtype=torch.float64)
+    a = 1 / (1 + sigma**2)
+    v = (a.sqrt().float()[:, None, None] * eps) - ((1 - a).sqrt().float()[:, None, None] * x0)
+    view.model_fn = lambda x_vp, t, cond: v  # oracle v
+    x = x0 + sigma.float()[:, None, None] * eps
+    torch.testing.assert_close(view.denoise(x, sigma, None), x0, atol=1e-5, rtol=1e-5)
+
+
+def test_partial_schedules_and_the_top_of_the_cold_schedule(net):
+    view = make_view(net)
+    for n in (1, 3, 10, 16, 100):
+        full = view.sigmas(n)
+        torch.testing.assert_close(view.sigmas(n, float(full[0])), full, atol=0, rtol=1e-12)
+    s = view.sigmas(3, float(view.train_sigmas[20]))
+    assert view.sigma_to_t(s[:-1]).tolist() == [20, 10, 0] and s[-1] == 0
+    frac = view.sigmas(2, float((view.train_sigmas[20] * view.train_sigmas[21]).sqrt()))
+    assert 20 < float(view.sigma_to_t(frac[:1])) < 21
+
+
+@torch.no_grad()
+def test_warm_start_from_the_top_equals_the_cold_start(net):
+    view = make_view(net)
+    cond, noise = torch.randn(2, G), torch.randn(2, H, DA)
+    for method in ("ddim", "euler", "dpmpp_2m"):
+        cold = sample_chunk(view, cond, noise=noise, method=method, steps=10, x0_clip=1.0)
+        top = float(view.sigmas(10)[0])
+        warm = sample_chunk(view, cond, x_init=view.noise_to_x(noise, top), sigma_start=top, method=method, steps=10)
+        warm_clip = sample_chunk(
+            view, cond, x_init=view.noise_to_x(noise, top), sigma_start=top, method=method, steps=10, x0_clip=1.0
+        )
+        assert torch.equal(warm_clip, cold), method
+        assert not torch.equal(warm, cold)  # clipping is active with this net
+
+
+def test_sigmas_outside_the_trained_range_are_refused_or_clamped_explicitly(net):
+    view = make_view(net)
+    x = torch.zeros(1, H, DA)
+    with pytest.raises(ValueError, match="outside the trained range"):
+        view.denoise(x, view.sigma_max * 2, torch.zeros(1, G))
+    with pytest.raises(ValueError, match="outside the trained range"):
+        view.sigmas(3, view.sigma_min / 10)
+    clamped = VPDenoiserView(net, lambda o: o, lambda x: x, (H, DA), out_of_range="clamp")
+    with torch.no_grad():
+        a = clamped.denoise(x, clamped.sigma_max * 2, torch.zeros(1, G))
+        b = clamped.denoise(x, clamped.sigma_max, torch.zeros(1, G))
+    assert torch.equal(a, b)
+
+
+@torch.no_grad()
+def test_view_takes_any_rank_and_maps_actions_affinely():
+    """x of shape (B, ...) of any rank; from_action / to_action are inverse and never snap."""
+    calls = []
+
+    def model_fn(x_vp, t, cond):
+        calls.append(tuple(x_vp.shape))
+        return torch.zeros_like(x_vp)
+
+    view = VPDenoiserView(
+        model_fn,
+        lambda o: o,
+        lambda x: x * 2.0 + 1.0,
+        (4, 5, 6),
+        from_action_fn=lambda a: (a - 1.0) / 2.0,
+        snap_fn=lambda a: a.sign(),
+    )
+    x = torch.randn(2, 4, 5, 6)
+    out = view.denoise(x, torch.tensor([0.5, 2.0]), None)
+    assert out.shape == x.shape and calls == [(2, 4, 5, 6)]
+    torch.testing.assert_close(out, x)  # eps = 0: x0_hat = x
+    chunk = sample_chunk(view, None, batch=3, steps=4, generator=torch.Generator().manual_seed(0))
+    assert chunk.shape == (3, 4, 5, 6)
+    a = torch.randn(2, 4, 5, 6)
+    torch.testing.assert_close(view.to_action(view.from_action(a)), a)
+    assert torch.equal(view.to_action(torch.full((1, 4, 5, 6), 0.1)), torch.full((1, 4, 5, 6), 1.2))
+    assert torch.equal(view.to_action(torch.full((1, 4, 5, 6), -0.9), snap=True), torch.full((1, 4, 5, 6), -1.0))
+
+
+def test_a_batch_equals_single_calls_with_per_row_generators(net):
+    view = make_view(net)
+    cond = torch.randn(3, G)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (5, 6, 7)]  # noqa: E731
+    with torch.no_grad():
+        batch = sample_chunk(view, cond, batch=3, method="ddpm", steps=10, generator=gens(), x0_clip=1.0)
+        rows = [
+            sample_chunk(view, cond[i : i + 1], batch=1, method="ddpm", steps=10, generator=[g], x0_clip=1.0)
+            for i, g in enumerate(gens())
+        ]
+    torch.testing.assert_close(batch, torch.cat(rows), atol=1e-5, rtol=1e-5)
