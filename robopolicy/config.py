@@ -17,6 +17,17 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A user path as given, else relative to the repository root; FileNotFoundError if neither."""
+    p = Path(path)
+    if p.exists():
+        return p
+    if not p.is_absolute() and (REPO_ROOT / p).exists():
+        return REPO_ROOT / p
+    raise FileNotFoundError(f"file not found: {path} (also looked under {REPO_ROOT})")
 
 
 def to_dict(obj: Any) -> Any:

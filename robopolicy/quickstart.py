@@ -58,6 +58,7 @@ def _missing_demos(store: Path) -> int | None:
 def run(args: argparse.Namespace) -> int:
     from robopolicy.envs.generate import generate_demos
     from robopolicy.eval.runner import evaluate
+    from robopolicy.eval.training import make_eval_fn
     from robopolicy.train import train
     from robopolicy.train.checkpoint import latest_complete
     from robopolicy.train.config import load_train_config
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     resume = latest_complete(run_dir) is not None
     print(f"[2/3] training {args.train_config} -> {run_dir}" + (" (resuming)" if resume else ""))
-    summary = train(config, str(store), str(run_dir), resume=resume)
+    summary = train(config, str(store), str(run_dir), resume=resume, eval_fn_factory=make_eval_fn)
     if summary.get("interrupted"):
         raise KeyboardInterrupt
     timings["train_s"] = time.perf_counter() - t0

@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from robopolicy.config import from_dict, load_yaml, to_dict
+from robopolicy.config import from_dict, load_yaml, resolve_path, to_dict
 
 ROBOTS = ("Panda",)
 CONTROLLERS = ("OSC_POSE",)
@@ -73,8 +73,6 @@ class Suite:
 
 def load_suite(path: str | Path) -> Suite:
     """Read a suite YAML (relative paths also tried under the repository root)."""
-    from robopolicy.train.config import resolve_path
-
     p = resolve_path(path)
     data = load_yaml(p)
     data.setdefault("name", p.stem)

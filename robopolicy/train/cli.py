@@ -87,7 +87,17 @@ def _run(args: argparse.Namespace) -> int:
     config: TrainConfig | None = None
     if args.config is not None:
         config = load_train_config(args.config, args.overrides)
-    summary = train(config, args.data, out, resume=args.resume, progress=not args.no_progress, overrides=args.overrides)
+    from robopolicy.eval.training import make_eval_fn  # the CLI layer wires evaluation into training
+
+    summary = train(
+        config,
+        args.data,
+        out,
+        resume=args.resume,
+        progress=not args.no_progress,
+        overrides=args.overrides,
+        eval_fn_factory=make_eval_fn,
+    )
     print(json.dumps({k: summary[k] for k in ("steps", "wall_time_s", "samples_per_s", "final_loss", "best")}))
     print(f"policy: {summary['latest_policy']}")
     if summary.get("interrupted"):

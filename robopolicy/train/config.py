@@ -14,9 +14,8 @@ from typing import Any
 
 import yaml
 
-from robopolicy.config import apply_overrides, from_dict, load_yaml, to_dict
+from robopolicy.config import apply_overrides, from_dict, load_yaml, resolve_path, to_dict
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("no", "bf16", "fp16")
 
@@ -150,16 +149,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: to_dict(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-
-def resolve_path(path: str | Path) -> Path:
-    """A user path as given, else relative to the repository root; FileNotFoundError if neither."""
-    p = Path(path)
-    if p.exists():
-        return p
-    if not p.is_absolute() and (REPO_ROOT / p).exists():
-        return REPO_ROOT / p
-    raise FileNotFoundError(f"file not found: {path} (also looked under {REPO_ROOT})")
 
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from robopolicy.train.data import (
     specs_from_data,
     timing_fields,
 )
-from robopolicy.train.trainer import Trainer, make_accelerator, seed_everything
+from robopolicy.train.trainer import EvalFn, Trainer, make_accelerator, seed_everything
 
 
 def build_policy(config: TrainConfig, store: Any) -> tuple[Policy, Any, Any]:
@@ -45,11 +46,14 @@ def train(
     resume: bool = False,
     progress: bool = True,
     overrides: list[str] | tuple[str, ...] = (),
+    eval_fn_factory: Callable[[TrainConfig], EvalFn] | None = None,
 ) -> dict[str, Any]:
     """Train a policy on the store at ``data`` into run directory ``out``; returns the summary.
 
     With ``resume=True`` the run continues from ``out``'s newest checkpoint; ``config`` and
-    ``data`` then default to the ones the run was started with.
+    ``data`` then default to the ones the run was started with. ``eval_fn_factory(config)``
+    builds the periodic-evaluation callback (needed when ``config.eval_every > 0``; the CLI
+    passes :func:`robopolicy.eval.training.make_eval_fn`).
     """
     out = Path(out)
     if resume:
@@ -72,6 +76,7 @@ def train(
         accelerator=accelerator,
         progress=progress,
         run_info=info,
+        eval_fn=eval_fn_factory(config) if eval_fn_factory is not None and config.eval_every > 0 else None,
     )
     return trainer.fit(resume=resume)
 

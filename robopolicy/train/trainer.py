@@ -76,9 +76,10 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 class Trainer:
     """Trains ``policy`` on ``train_set``; see :meth:`fit`.
 
-    ``eval_fn(policy, step, out_dir) -> report`` runs rollouts (default: the suite in
-    ``config.eval_suite`` through :func:`robopolicy.eval.evaluate`); its ``success_rate``
-    decides ``RUN_DIR/best``.
+    ``eval_fn(policy, step, out_dir) -> report`` runs rollouts every ``config.eval_every`` steps;
+    its ``success_rate`` decides ``RUN_DIR/best``. The trainer never imports the evaluation
+    code: the caller (CLI / run layer) builds the callback, e.g. with
+    :func:`robopolicy.eval.training.make_eval_fn`.
     """
 
     def __init__(
@@ -100,7 +101,12 @@ class Trainer:
         self.main = self.acc.is_main_process
         self.progress = progress and self.main
         self.run_info = run_info or {}
-        self.eval_fn = eval_fn or _suite_eval_fn(config)
+        if config.eval_every > 0 and eval_fn is None:
+            raise ValueError(
+                "eval_every > 0 needs an evaluation callback: pass eval_fn (the CLI builds one from the "
+                "eval_* fields with robopolicy.eval.training.make_eval_fn)"
+            )
+        self.eval_fn = eval_fn
         self.policy = policy
         self.optimizer = make_optimizer(policy, config)
         self.scheduler = make_scheduler(self.optimizer, config)
@@ -376,21 +382,3 @@ class Trainer:
 
 def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
-
-
-def _suite_eval_fn(config: TrainConfig) -> EvalFn:
-    def run(policy: Policy, step: int, out: Path) -> dict[str, Any]:
-        from robopolicy.eval import evaluate
-
-        return evaluate(
-            policy,
-            config.eval_suite,
-            episodes=config.eval_episodes,
-            workers=config.eval_workers,
-            out=out,
-            n_videos=1,
-            progress=False,
-            policy_kwargs=dict(config.eval_policy_kwargs),
-        )
-
-    return run
