@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	# The CPU build of torch first, so nothing else pulls a CUDA build into this env.
 	$(PIP) install --quiet torch==2.13.0 || $(PIP) install --quiet "torch>=2.4"
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev,sim]"
 	touch $(STAMP)
 
 demo: $(STAMP)            ## the main job: demos -> train -> evaluate (about 20 min on 2 CPU cores)
@@ -37,7 +37,7 @@ bench: $(STAMP)           ## speed benchmarks; results land in benchmarks/result
 
 real-env:                 ## lerobot drivers + LeRobotDataset in their own env (pins an older CUDA torch)
 	test -x .venv-real/bin/python || python3 -m venv .venv-real
-	.venv-real/bin/pip install -e ".[real,dev]"
+	.venv-real/bin/pip install -e ".[real,dev,sim]"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -56,6 +56,7 @@ def _missing_demos(store: Path) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from robopolicy.envs.availability import require_sim
     from robopolicy.envs.generate import generate_demos
     from robopolicy.eval.runner import evaluate
     from robopolicy.eval.training import make_eval_fn
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from robopolicy.train.checkpoint import latest_complete
     from robopolicy.train.config import load_train_config
 
+    require_sim("quickstart")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; it must be a folder")

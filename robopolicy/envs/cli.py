@@ -102,8 +102,10 @@ def _episodes_to_append(out: str) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from robopolicy.envs.availability import require_sim
     from robopolicy.envs.generate import generate_demos
 
+    require_sim("demos generate")
     if args.episodes is None:
         if not args.append:
             raise ValueError("--episodes is required (except with --append on an unfinished generation)")
@@ -143,10 +145,12 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _record(args: argparse.Namespace) -> int:
+    from robopolicy.envs.availability import require_sim
     from robopolicy.envs.robosuite_env import RobosuiteEnv, task_info, validate_cameras
     from robopolicy.envs.teleop import KEYS_HELP, DeviceUnavailableError, KeyboardControls, make_device, record_teleop
     from robopolicy.outputs import is_episode_store
 
+    require_sim("demos record")
     task_info(args.task)
     validate_cameras(args.task, args.cameras)
     out = Path(args.out)

@@ -51,7 +51,10 @@ def make_eval_fn(config: EvalConfig | Any) -> Callable[[Policy, int, Path], dict
 
     ``config`` is an :class:`EvalConfig` or a train config (its ``eval_*`` fields are used).
     """
+    from robopolicy.envs.availability import require_sim
+
     cfg = config if isinstance(config, EvalConfig) else EvalConfig.from_train_config(config)
+    require_sim("evaluation during training (eval_every > 0)")
 
     def run(policy: Policy, step: int, out: Path) -> dict[str, Any]:
         from robopolicy.eval.runner import evaluate
