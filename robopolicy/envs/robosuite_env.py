@@ -29,7 +29,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robopolicy.envs.render import apply_fast_render_patch
+from robopolicy.envs.render import (
+    apply_fast_render_patch,
+    image_convention,
+    make_current,
+    render_camera,
+    upright_observation,
+)
 from robopolicy.types import IMAGE_PREFIX, ActionSpec, osc_pose_action_spec
 
 _COMMON_CAMERAS = ("agentview", "frontview", "birdview", "robot0_robotview", "robot0_eye_in_hand")
@@ -87,6 +93,14 @@ def validate_cameras(task: str, cameras: Sequence[str]) -> tuple[str, ...]:
     return cameras
 
 
+def validate_video_camera(task: str, camera: str) -> str:
+    """Check the camera name of evaluation videos for ``task``; returns it."""
+    info = task_info(task)
+    if not isinstance(camera, str) or camera not in info.cameras:
+        raise ValueError(f"unknown video camera {camera!r} for task {task}; valid cameras: {', '.join(info.cameras)}")
+    return camera
+
+
 class RobosuiteEnv:
     """A robosuite manipulation task (Panda, OSC_POSE delta) with store-keyed observations.
 
@@ -130,6 +144,7 @@ class RobosuiteEnv:
         # Model building samples object sizes from the global np.random (e.g. Lift's cube); seed
         # it so every process builds the same model (with hard_reset=False it is never rebuilt).
         np.random.seed(int(model_seed))
+        self._image_convention = image_convention()  # robosuite reads it while building the camera sensors
         self.env = robosuite.make(
             self.info.env_name,
             robots="Panda",
@@ -172,7 +187,7 @@ class RobosuiteEnv:
         obs = {new: np.asarray(raw[old], dtype=np.float32) for old, new in _RENAME.items()}
         obs["state"] = np.concatenate([obs["eef_pos"], obs["eef_quat"], obs["gripper_qpos"], obs["object"]])
         for cam in self.cameras:
-            obs[IMAGE_PREFIX + cam] = np.ascontiguousarray(raw[f"{cam}_image"][::-1])  # OpenGL -> upright
+            obs[IMAGE_PREFIX + cam] = upright_observation(raw[f"{cam}_image"], self._image_convention)
         self._last_obs = obs
         return obs
 
@@ -181,6 +196,8 @@ class RobosuiteEnv:
         """Start an episode whose initial state is a function of ``seed`` only."""
         np.random.seed(int(seed))
         self._t = 0
+        if self.cameras:  # robosuite renders the camera observations into the current GL context
+            make_current(self.env)
         return self._convert(self.env.reset())
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, dict]:
@@ -189,6 +206,8 @@ class RobosuiteEnv:
         ``done`` is True once ``max_steps`` steps were taken (success does not end an episode).
         """
         a = self.validate_action(action)
+        if self.cameras:
+            make_current(self.env)
         raw, reward, _, _ = self.env.step(a)
         self._t += 1
         success = self.is_success()
@@ -220,16 +239,19 @@ class RobosuiteEnv:
 
     # ------------------------------------------------------------------ rendering
     def render_frame(self, camera: str = "agentview", size: int = 256) -> np.ndarray:
-        """An upright ``(size, size, 3)`` uint8 frame from ``camera`` (for videos)."""
+        """An upright ``(size, size, 3)`` uint8 frame from ``camera`` (for videos).
+
+        Rendered exactly as robosuite renders its camera observations (same render context
+        settings: visual meshes shown, collision meshes hidden; same camera), so it equals the
+        ``image.<camera>`` observation of the same state at the same size. Low-dim envs have no
+        render context; the first call creates one the way robosuite does
+        (:func:`robopolicy.envs.render.offscreen_context`).
+        """
         if camera not in self.info.cameras:
             raise ValueError(f"unknown camera {camera!r} for task {self.task}; valid: {', '.join(self.info.cameras)}")
-        sim = self.env.sim
-        if getattr(sim, "_render_context_offscreen", None) is None:
-            from robosuite.utils.binding_utils import MjRenderContextOffscreen
-
-            MjRenderContextOffscreen(sim, device_id=-1)  # registers itself with the sim
-        img = sim.render(width=int(size), height=int(size), camera_name=camera)
-        return np.ascontiguousarray(img[::-1])
+        if int(size) <= 0:
+            raise ValueError(f"frame size must be positive, got {size}")
+        return render_camera(self.env, camera, int(size), int(size))
 
     def render_viewer(self) -> None:
         """Refresh robosuite's on-screen viewer (only with ``has_renderer=True``)."""
@@ -240,6 +262,8 @@ class RobosuiteEnv:
         """Release the sim and render contexts."""
         env, self.env = getattr(self, "env", None), None
         if env is not None:
+            # robosuite frees the render context's GL objects in the current GL context: make it ours
+            make_current(env)
             env.close()
 
     def __enter__(self) -> RobosuiteEnv:
@@ -249,4 +273,12 @@ class RobosuiteEnv:
         self.close()
 
 
-__all__ = ["TASKS", "LOW_DIM_KEYS", "TaskInfo", "RobosuiteEnv", "task_info", "validate_cameras"]
+__all__ = [
+    "TASKS",
+    "LOW_DIM_KEYS",
+    "TaskInfo",
+    "RobosuiteEnv",
+    "task_info",
+    "validate_cameras",
+    "validate_video_camera",
+]

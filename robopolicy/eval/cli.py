@@ -29,6 +29,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="simulator processes (default 2)")
     p.add_argument("--seed-offset", type=int, default=0, help="added to the suite's seed_start")
     p.add_argument("--videos", type=int, default=3, help="episodes recorded as mp4 (default 3)")
+    p.add_argument(
+        "--video-camera",
+        default="agentview",
+        help="camera of the videos: one of the task's cameras, e.g. agentview, frontview, birdview, sideview "
+        "(default agentview)",
+    )
+    p.add_argument(
+        "--grid",
+        type=int,
+        default=None,
+        help="side-by-side video videos/grid.mp4 of the first N episodes, SUCCESS/FAILURE and seed on each tile "
+        "(default: as many as --videos; 0: none; its episodes are recorded too)",
+    )
     p.add_argument("--device", default=None, help="policy device (default: cuda if present, else cpu)")
     p.add_argument("--sampler", default=None, help="sampler override, if the policy supports it (e.g. ddim)")
     p.add_argument("--num-inference-steps", type=int, default=None, help="denoising steps override, if supported")
@@ -60,6 +73,8 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         policy_kwargs={"sampler": args.sampler, "num_inference_steps": args.num_inference_steps},
         device=args.device,
+        video_camera=args.video_camera,
+        grid=args.grid,
     )
     keys = ("suite", "episodes", "successes", "success_rate", "ci95", "mean_length", "latency_ms")
     print(json.dumps({k: report[k] for k in keys}))

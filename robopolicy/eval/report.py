@@ -19,6 +19,7 @@ def build_report(
     wall_time_s: float,
     rollout_time_s: float,
     settings: dict[str, Any],
+    grid_video: str | None = None,
 ) -> dict[str, Any]:
     """The report dict: success statistics first, then episode lengths, latency, timing, episodes."""
     lengths = [e["length"] for e in episodes]
@@ -38,6 +39,7 @@ def build_report(
         "env_steps_per_s": steps / max(rollout_time_s, 1e-9),
         "wall_time_s": wall_time_s,
         "videos": [e["video"] for e in episodes if e["video"]],
+        "grid_video": grid_video,
         "settings": settings,
         "suite_config": suite,
         "per_episode": episodes,
@@ -61,6 +63,10 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"- seeds {report['per_episode'][0]['seed']}–{report['per_episode'][-1]['seed']}, "
         f"workers {report['settings']['workers']}, max_steps {report['suite_config']['max_steps']}",
     ]
+    if report.get("grid_video"):
+        grid, n = Path(report["grid_video"]).name, report["settings"].get("grid")
+        what = f"Grid video of the first {n} episodes" if n else "Grid video"
+        rows += ["", f"{what} (SUCCESS/FAILURE and seed on each tile): [{grid}](videos/{grid})"]
     if report["videos"]:
         rows += ["", "Videos:", *[f"- [{Path(v).name}](videos/{Path(v).name})" for v in report["videos"]]]
     return "\n".join(rows) + "\n"

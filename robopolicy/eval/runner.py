@@ -5,6 +5,12 @@ observations (the first frame repeated at reset, as diffusion_policy does), pred
 for every active env in one batched call, execute its slice ``[To-1, To-1+Ta)``, re-plan;
 an episode ends at success or after ``suite.max_steps`` steps. A worker whose episode ended
 takes the next queued episode, so the batch is "all envs still running".
+
+Videos: the first ``n_videos`` episodes are recorded from ``video_camera`` (rendered as
+robosuite renders camera observations) to ``out/videos/episode_<i>_seed<seed>.mp4``; the first
+``grid`` episodes (default: as many as ``n_videos``) are also tiled into
+``out/videos/grid.mp4``, each tile labelled SUCCESS/FAILURE with its seed (episodes in the grid
+are recorded even beyond ``n_videos``).
 """
 
 from __future__ import annotations
@@ -20,10 +26,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from robopolicy.envs.robosuite_env import validate_video_camera
 from robopolicy.eval.metrics import percentiles, success_summary
 from robopolicy.eval.suite import Suite, load_suite
 from robopolicy.eval.vec_env import SubprocVecEnv
 from robopolicy.policy import CONFIG_FILE, Policy
+
+GRID_FILE = "grid.mp4"
+"""File name of the grid video inside ``out/videos/``."""
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -159,12 +169,24 @@ def evaluate(
     progress: bool = True,
     policy_kwargs: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
+    video_camera: str = "agentview",
+    grid: int | None = None,
 ) -> dict[str, Any]:
     """Roll out a policy (object, policy dir or run dir) on a suite; returns the report dict
-    (also ``out/report.json``, ``out/report.md`` and ``out/videos/*.mp4`` when ``out`` is set)."""
+    (also ``out/report.json``, ``out/report.md`` and ``out/videos/*.mp4`` when ``out`` is set).
+
+    ``video_camera`` names the camera of the videos (one of the task's cameras; checked before
+    anything starts). ``grid``: how many of the first episodes go into the labelled grid video
+    ``out/videos/grid.mp4`` (None: ``n_videos``; 0: no grid).
+    """
     from robopolicy.eval.report import build_report, write_report
+    from robopolicy.eval.video import GridTile, write_grid_mp4
 
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
+    validate_video_camera(suite.task, video_camera)
+    n_grid = n_videos if grid is None else grid
+    if n_videos < 0 or n_grid < 0:
+        raise ValueError(f"n_videos and grid must be >= 0 (got {n_videos}, {n_grid})")
     checkpoint = None
     if isinstance(policy_or_checkpoint, Policy):
         policy = policy_or_checkpoint
@@ -176,8 +198,9 @@ def evaluate(
         raise ValueError(f"episodes and workers must be >= 1 and n_videos >= 0 (got {n}, {workers}, {n_videos})")
     kwargs = check_policy_kwargs(policy, dict(policy_kwargs or {}))
     seeds = [suite.seed_start + seed_offset + i for i in range(n)]
+    n_grid = min(n_grid, n) if out else 0
     videos = (
-        {i: Path(out) / "videos" / f"episode_{i:03d}_seed{seeds[i]}.mp4" for i in range(min(n_videos, n))}
+        {i: Path(out) / "videos" / f"episode_{i:03d}_seed{seeds[i]}.mp4" for i in range(min(max(n_videos, n_grid), n))}
         if out
         else {}
     )
@@ -186,13 +209,18 @@ def evaluate(
     generator = torch.Generator(device=policy.device).manual_seed(suite.seed_start + seed_offset)
     t0 = time.perf_counter()
     try:
-        with SubprocVecEnv(min(workers, n), suite.env_kwargs()) as vec, torch.no_grad():
+        vec_env = SubprocVecEnv(min(workers, n), suite.env_kwargs(), video_camera=video_camera)
+        with vec_env as vec, torch.no_grad():
             check_compatible(policy, suite, vec.observation_shapes)
             t_start = time.perf_counter()
             roll = _run_episodes(policy, vec, seeds, videos, kwargs, generator, progress)
             rollout_s = time.perf_counter() - t_start
     finally:
         policy.train(was_training)
+    grid_video = None
+    if n_grid:
+        tiles = [GridTile(e["video"], e["success"], e["seed"]) for e in roll.episodes[:n_grid]]
+        grid_video = str(write_grid_mp4(Path(out) / "videos" / GRID_FILE, tiles, fps=suite.control_freq))
     report = build_report(
         suite=suite.to_dict(),
         checkpoint=str(checkpoint) if checkpoint else None,
@@ -207,11 +235,14 @@ def evaluate(
         mean_batch=float(np.mean(roll.batch_sizes)),
         wall_time_s=time.perf_counter() - t0,
         rollout_time_s=rollout_s,
+        grid_video=grid_video,
         settings={
             "workers": min(workers, n),
             "seed_offset": seed_offset,
             "policy_kwargs": kwargs,
             "timing": dataclasses.asdict(policy.config.timing),
+            "video_camera": video_camera,
+            "grid": n_grid,
         },
     )
     if out is not None:

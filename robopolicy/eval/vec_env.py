@@ -11,6 +11,9 @@ applied first) and runs whole action slices, so one round trip moves an env thro
 
 Calls to several workers are sent first and received after (:meth:`SubprocVecEnv.call`), so
 the envs step in parallel while the policy runs batched in the main process.
+
+Video frames come from :meth:`RobosuiteEnv.render_frame` of ``video_camera`` at
+``video_size`` pixels: rendered as robosuite renders the camera observations.
 """
 
 from __future__ import annotations
@@ -34,11 +37,7 @@ class _Episode:
         self.reward = 0.0
 
 
-def _frame(env: Any, size: int) -> np.ndarray:
-    return env.render_frame(camera="agentview", size=size)
-
-
-def _run(env: Any, ep: _Episode, actions: np.ndarray, fps: int, video_size: int) -> dict[str, Any]:
+def _run(env: Any, ep: _Episode, actions: np.ndarray, fps: int, video_size: int, camera: str) -> dict[str, Any]:
     obs_list, done = [], False
     for a in actions:
         obs, reward, done, info = env.step(a)
@@ -46,7 +45,7 @@ def _run(env: Any, ep: _Episode, actions: np.ndarray, fps: int, video_size: int)
         ep.reward += reward
         ep.success = ep.success or bool(info["success"])
         if ep.video:
-            ep.frames.append(_frame(env, video_size))
+            ep.frames.append(env.render_frame(camera=camera, size=video_size))
         if ep.success or done:
             done = True
             break
@@ -59,16 +58,17 @@ def _run(env: Any, ep: _Episode, actions: np.ndarray, fps: int, video_size: int)
     return out
 
 
-def worker_main(conn: Connection, env_kwargs: dict[str, Any], video_size: int) -> None:
+def worker_main(conn: Connection, env_kwargs: dict[str, Any], video_size: int, video_camera: str = "agentview") -> None:
     """Subprocess entry: build the env, then serve ``(command, argument)`` messages."""
     env = None
     try:
         from robopolicy.envs.render import apply_fast_render_patch
 
         apply_fast_render_patch()
-        from robopolicy.envs.robosuite_env import RobosuiteEnv
+        from robopolicy.envs.robosuite_env import RobosuiteEnv, validate_video_camera
 
         env = RobosuiteEnv(**env_kwargs)
+        validate_video_camera(env.task, video_camera)
         conn.send(("ok", env.observation_shapes()))
         ep = _Episode(None)
         while True:
@@ -78,10 +78,11 @@ def worker_main(conn: Connection, env_kwargs: dict[str, Any], video_size: int) -
                 ep = _Episode(video)
                 obs = env.reset(int(seed))
                 if video:
-                    ep.frames.append(_frame(env, video_size))
+                    ep.frames.append(env.render_frame(camera=video_camera, size=video_size))
                 conn.send(("ok", obs))
             elif cmd == "run":
-                conn.send(("ok", _run(env, ep, np.asarray(arg), env_kwargs.get("control_freq", 20), video_size)))
+                fps = env_kwargs.get("control_freq", 20)
+                conn.send(("ok", _run(env, ep, np.asarray(arg), fps, video_size, video_camera)))
             elif cmd == "close":
                 conn.send(("ok", None))
                 break
@@ -101,9 +102,19 @@ def worker_main(conn: Connection, env_kwargs: dict[str, Any], video_size: int) -
 
 
 class SubprocVecEnv:
-    """``n`` robosuite envs in ``spawn`` subprocesses; ``observation_shapes`` of the first."""
+    """``n`` robosuite envs in ``spawn`` subprocesses; ``observation_shapes`` of the first.
 
-    def __init__(self, n: int, env_kwargs: dict[str, Any], video_size: int = 256, start_timeout: float = 300.0) -> None:
+    Episodes reset with a video path record ``video_camera`` frames of ``video_size`` pixels.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        env_kwargs: dict[str, Any],
+        video_size: int = 256,
+        start_timeout: float = 300.0,
+        video_camera: str = "agentview",
+    ) -> None:
         if n < 1:
             raise ValueError(f"need at least one worker, got {n}")
         ctx = mp.get_context("spawn")
@@ -111,7 +122,7 @@ class SubprocVecEnv:
         self.procs: list[mp.Process] = []
         for _ in range(n):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=worker_main, args=(child, dict(env_kwargs), video_size), daemon=True)
+            p = ctx.Process(target=worker_main, args=(child, dict(env_kwargs), video_size, video_camera), daemon=True)
             p.start()
             child.close()
             self.conns.append(parent)

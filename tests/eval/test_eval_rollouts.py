@@ -115,19 +115,62 @@ def test_end_to_end_lift(run_dir, tmp_path):
     suite = tmp_path / "lift_short.yaml"
     suite.write_text("task: Lift\nmax_steps: 12\nepisodes: 2\n")
     out = tmp_path / "report"
-    report = evaluate(run_dir, suite, workers=1, out=out, n_videos=1, progress=False)
+    # one episode video, but a grid of both episodes (so both are recorded), from frontview
+    report = evaluate(run_dir, suite, workers=1, out=out, n_videos=1, progress=False, video_camera="frontview", grid=2)
     assert report["episodes"] == 2 and report["checkpoint"] == str(run_dir / "latest")
     assert [e["seed"] for e in report["per_episode"]] == [100_000, 100_001]
     assert all(e["length"] == 12 for e in report["per_episode"]) and report["success_rate"] == 0.0
     assert report["latency_ms"]["calls"] == 6  # 12 steps / Ta=4 per chunk, 2 episodes, 1 worker
     saved = json.loads((out / "report.json").read_text())
     assert saved["ci95"] == report["ci95"] and (out / "report.md").is_file()
-    videos = list((out / "videos").glob("*.mp4"))
-    assert len(videos) == 1 and videos[0].stat().st_size > 1000
+    videos = sorted((out / "videos").glob("episode_*.mp4"))
+    assert len(videos) == 2 and videos[0].stat().st_size > 1000
+    assert report["settings"]["video_camera"] == "frontview" and report["settings"]["grid"] == 2
     import imageio.v2 as imageio
 
     frames = imageio.mimread(videos[0])
     assert len(frames) == 13 and frames[0].shape == (256, 256, 3)
+    grid = out / "videos" / "grid.mp4"
+    assert saved["grid_video"] == report["grid_video"] == str(grid)
+    assert "(videos/grid.mp4)" in (out / "report.md").read_text()
+    g = imageio.mimread(grid)
+    assert len(g) == 13 and g[0].shape == (32 + 256, 2 * 256, 3)  # 1 row of 2 tiles under 32 px banners
+    for c in range(2):  # both failed: red banners
+        banner = g[0][:32, c * 256 : (c + 1) * 256].reshape(-1, 3)
+        r, gr, _ = np.median(banner, axis=0)
+        assert r > 150 and gr < 60, (c, r, gr)
+    # the grid tile shows the episode's (decoded) frames
+    assert np.abs(g[-1][32:, :256].astype(int) - frames[-1].astype(int)).mean() < 8
+
+
+def test_video_camera_checked_before_rollout(run_dir, tmp_path, monkeypatch):
+    import robopolicy.eval.runner as runner
+
+    def no_envs(*args, **kwargs):
+        raise AssertionError("envs were started before the video camera was checked")
+
+    monkeypatch.setattr(runner, "SubprocVecEnv", no_envs)
+    suite = tmp_path / "lift.yaml"
+    suite.write_text("task: Lift\nmax_steps: 4\n")
+    with pytest.raises(ValueError, match=r"unknown video camera 'top' for task Lift; valid cameras: agentview"):
+        evaluate(run_dir, suite, episodes=1, out=tmp_path / "rep", video_camera="top", progress=False)
+    with pytest.raises(ValueError, match="grid must be >= 0"):
+        evaluate(run_dir, suite, episodes=1, out=tmp_path / "rep", grid=-1, progress=False)
+    assert not (tmp_path / "rep").exists()
+
+
+def test_eval_cli_video_flags():
+    import argparse
+
+    from robopolicy.eval.cli import add_parser
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    base = ["eval", "--checkpoint", "c", "--suite", "s", "--out", "o"]
+    args = parser.parse_args(base)
+    assert args.video_camera == "agentview" and args.grid is None
+    args = parser.parse_args([*base, "--video-camera", "birdview", "--grid", "6"])
+    assert args.video_camera == "birdview" and args.grid == 6
 
 
 def test_incompatible_suite_is_a_clear_error(run_dir, tmp_path):
