@@ -37,6 +37,7 @@ from torch import nn
 
 from robopolicy.config import from_dict, to_dict
 from robopolicy.data.normalizer import Normalizer, NormMode
+from robopolicy.data.windows import DataWindows
 from robopolicy.types import ActionSpec, ChunkTiming, FieldKind, ObservationSpec
 
 FORMAT_VERSION = 1
@@ -69,14 +70,14 @@ class PolicyConfig:
     def timing(self) -> ChunkTiming:
         return ChunkTiming(self.horizon, self.n_obs_steps, self.n_action_steps)
 
-    def sampler_args(self) -> dict[str, Any]:
-        """What windows the policy needs from the sequence sampler (diffusion_policy semantics)."""
-        return {
-            "horizon": self.horizon,
-            "pad_before": self.n_obs_steps - 1,
-            "pad_after": self.n_action_steps - 1,
-            "key_first_k": {k: self.n_obs_steps for k in self.obs_spec.keys},
-        }
+    def data_windows(self) -> DataWindows:
+        """The training windows this policy needs (the trainer builds its datasets from them).
+
+        Default: Diffusion Policy's -- ``To`` frames of every observation key ending at the
+        anchor, ``H`` actions from ``To - 1`` steps before it, random windows. A policy that
+        needs goal frames, strided frames or sequential episode streams overrides this.
+        """
+        return DataWindows.from_timing(self.obs_spec.keys, self.horizon, self.n_obs_steps, self.n_action_steps)
 
     def to_dict(self) -> dict:
         return {f.name: to_dict(getattr(self, f.name)) for f in dataclasses.fields(self)}

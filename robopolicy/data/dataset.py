@@ -3,10 +3,11 @@
 One item (numpy; the default DataLoader collate turns it into tensors with a batch dim)::
 
     {"obs": {key: (To, *shape)},      # low-dim as stored, images uint8 (To, H, W, C)
-     "action": (H, Da) float32}
+     "action": (H, Da) float32}       # + extra frames and "episode_start", if declared
 
-Windows follow diffusion_policy: ``pad_before = To-1``, ``pad_after = Ta-1``, edge replication;
-only the first ``To`` obs frames are read. The split is by episode (:func:`get_val_mask`).
+The windows are the policy config's :class:`~robopolicy.data.windows.DataWindows`; the default
+(obs keys + H/To/Ta) follows diffusion_policy: ``pad_before = To-1``, ``pad_after = Ta-1``, edge
+replication, only the obs frames needed are read. The split is by episode (:func:`get_val_mask`).
 Works with DataLoader workers: the store is reopened by path in each process that unpickles it.
 """
 
@@ -18,87 +19,96 @@ from collections.abc import Sequence
 import numpy as np
 import torch.utils.data
 
-from robopolicy.data.sampler import SequenceSampler, get_val_mask
+from robopolicy.data.sampler import WindowSampler, get_val_mask
 from robopolicy.data.store import EpisodeStore
+from robopolicy.data.windows import DataWindows, SamplerKind
 from robopolicy.types import ChunkTiming, FieldKind, kind_of_key
 
 
 class EpisodeDataset(torch.utils.data.Dataset):
-    """Windows of ``obs_keys`` (first ``n_obs_steps`` frames) and ``action`` (``horizon`` steps).
+    """Training windows of a store, as a policy's :class:`~robopolicy.data.windows.DataWindows` declares.
 
     Args:
         store: an :class:`EpisodeStore` or the path of one.
-        obs_keys: observation fields to return.
-        horizon / n_obs_steps / n_action_steps: H, To, Ta (``To-1+Ta <= H``).
+        obs_keys / horizon / n_obs_steps / n_action_steps / action_key: the standard
+            (diffusion_policy) windows, used when ``windows`` is not given.
+        windows: the declaration (obs frames and offsets, action window, extra frames, sampler kind).
         val_ratio / seed: episode split, as diffusion_policy's ``get_val_mask``.
         split: ``"train"`` or ``"val"``.
-        action_key: the action field.
         cache_images: hold image fields in memory (fast, needs RAM).
+
+    An item is ``{"obs": {key: (len(offsets), ...)}, "action": (H, Da) float32}``, plus
+    ``{name: (1, ...)}`` per extra frame and, for a sequential sampler, ``"episode_start"``
+    (True on an episode's first window).
     """
 
     def __init__(
         self,
         store: EpisodeStore | str | os.PathLike,
-        obs_keys: Sequence[str],
-        horizon: int,
-        n_obs_steps: int,
-        n_action_steps: int,
+        obs_keys: Sequence[str] | None = None,
+        horizon: int | None = None,
+        n_obs_steps: int | None = None,
+        n_action_steps: int | None = None,
         val_ratio: float = 0.0,
         seed: int = 42,
         split: str = "train",
         action_key: str = "action",
         cache_images: bool = False,
+        windows: DataWindows | None = None,
     ) -> None:
-        self.timing = ChunkTiming(horizon, n_obs_steps, n_action_steps)
+        if windows is None:
+            if obs_keys is None or horizon is None or n_obs_steps is None or n_action_steps is None:
+                raise ValueError("EpisodeDataset needs windows=DataWindows(...) or obs_keys + horizon/To/Ta")
+            self.timing = ChunkTiming(horizon, n_obs_steps, n_action_steps)
+            if not obs_keys:
+                raise ValueError("obs_keys must name at least one field")
+            windows = DataWindows.from_timing(obs_keys, horizon, n_obs_steps, n_action_steps, action_key=action_key)
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if not 0.0 <= val_ratio < 1.0:
             raise ValueError(f"val_ratio must be in [0, 1), got {val_ratio}")
         self.store = store if isinstance(store, EpisodeStore) else EpisodeStore.open(store, mode="r")
         available = self.store.keys()
-        for k in [*obs_keys, action_key]:
+        for k in windows.keys:
             if k not in available:
-                what = "action key" if k == action_key else "observation key"
+                what = "action key" if k == windows.action_key else "observation key"
                 raise KeyError(f"{what} {k!r} not in store {self.store.path} (available fields: {available})")
-        if not obs_keys:
-            raise ValueError("obs_keys must name at least one field")
-        self.obs_keys = list(obs_keys)
-        self.action_key = action_key
+        self.windows = windows
+        self.obs_keys = list(windows.obs_offsets)
+        self.action_key = windows.action_key
         self.split = split
         val_mask = get_val_mask(self.store.n_episodes, val_ratio, seed)
         self.episode_mask = val_mask if split == "val" else ~val_mask
-        self.sampler = SequenceSampler(
-            self.store,
-            keys=[*self.obs_keys, action_key],
-            horizon=horizon,
-            pad_before=n_obs_steps - 1,
-            pad_after=n_action_steps - 1,
-            key_first_k=dict.fromkeys(self.obs_keys, n_obs_steps),
-            episode_mask=self.episode_mask,
-            cache_images=cache_images,
-        )
+        self.sampler = WindowSampler(self.store, windows, self.episode_mask, cache_images=cache_images)
+        self._sequential = windows.sampler is SamplerKind.SEQUENTIAL
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def __getitem__(self, i: int) -> dict:
         w = self.sampler[i]
-        return {
+        item = {
             "obs": {k: w[k] for k in self.obs_keys},
             "action": np.asarray(w[self.action_key], dtype=np.float32),
         }
+        for name in self.windows.extras:
+            item[name] = w[name]
+        if self._sequential:
+            item["episode_start"] = bool(self.sampler.windows[i, 1] == 0)
+        return item
 
     def fields_for_normalizer(self) -> dict[str, np.ndarray]:
-        """``{key: (N, *shape)}`` of the low-dim obs keys and the action over the whole store
-        (train and val episodes, as diffusion_policy fits its normalizer)."""
+        """``{key: (N, *shape)}`` of the low-dim obs keys and ``"action"`` (read from the action
+        key, whatever its store name) over the whole store (train and val episodes, as
+        diffusion_policy fits its normalizer)."""
         n = self.store.n_steps
         keys = [k for k in self.obs_keys if kind_of_key(k) is FieldKind.LOW_DIM and self.store[k].ndim < 4]
         out = {k: np.asarray(self.store[k][:n]) for k in keys}
-        out[self.action_key] = np.asarray(self.store[self.action_key][:n], dtype=np.float32)
+        out["action"] = np.asarray(self.store[self.action_key][:n], dtype=np.float32)
         return out
 
     def __repr__(self) -> str:
         return (
             f"EpisodeDataset({str(self.store.path)!r}, split={self.split!r}, episodes={int(self.episode_mask.sum())}, "
-            f"windows={len(self)}, obs_keys={self.obs_keys})"
+            f"windows={len(self)}, obs_keys={self.obs_keys}, sampler={self.windows.sampler.value})"
         )

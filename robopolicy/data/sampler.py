@@ -19,6 +19,7 @@ window from Zarr (one chunk per frame), or held in memory with ``cache_images=Tr
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -169,4 +170,97 @@ class SequenceSampler:
             else:
                 lo, hi = int(s[0]), int(s[-1]) + 1  # contiguous frames, read once each
                 out[k] = np.asarray(self._lazy_array(k)[lo:hi])[s - lo]
+        return out
+
+
+class WindowSampler:
+    """Windows declared by a :class:`~robopolicy.data.windows.DataWindows` (any offsets per key).
+
+    Item ``i`` is ``{key: (len(offsets), *shape)}`` for each obs key and the action key, plus
+    ``{name: (1, *shape)}`` for each extra frame. ``windows`` (W, 2) lists ``(episode, t)`` in
+    episode order then anchor order; for the standard timing this is, window for window,
+    :class:`SequenceSampler` with ``pad_before = To - 1`` and ``pad_after = Ta - 1``.
+    """
+
+    def __init__(
+        self,
+        data: EpisodeStore | Mapping[str, np.ndarray],
+        windows: Any,
+        episode_mask: np.ndarray | None = None,
+        *,
+        episode_ends: np.ndarray | None = None,
+        cache_images: bool = False,
+    ) -> None:
+        self.spec = windows
+        if isinstance(data, EpisodeStore):
+            episode_ends = data.episode_ends
+            available = data.keys()
+        elif episode_ends is None:
+            raise ValueError("episode_ends is required when data is a mapping of arrays")
+        else:
+            available = list(data)
+        missing = [k for k in windows.keys if k not in available]
+        if missing:
+            raise KeyError(f"fields {missing} not found (available: {sorted(available)})")
+        self.episode_ends = np.asarray(episode_ends, dtype=np.int64)
+        self.episode_starts = np.concatenate([[0], self.episode_ends[:-1]]).astype(np.int64)
+        mask = np.ones(len(self.episode_ends), dtype=bool) if episode_mask is None else np.asarray(episode_mask, bool)
+        if mask.shape != self.episode_ends.shape:
+            raise ValueError(f"episode_mask shape {mask.shape} != episode_ends shape {self.episode_ends.shape}")
+        self.episode_mask = mask
+        horizon = windows.action_offsets[-1] - windows.action_offsets[0] + 1
+        pad_after = min(windows.pad_after, horizon - 1)  # clipped as diffusion_policy clips its pads
+        lengths = self.episode_ends - self.episode_starts
+        rows = []
+        for e in np.flatnonzero(mask):
+            last = int(lengths[e]) - 1 - windows.action_offsets[-1] + pad_after
+            if last >= 0:
+                t = np.arange(last + 1, dtype=np.int64)
+                rows.append(np.stack([np.full_like(t, e), t], axis=1))
+        self.windows = np.concatenate(rows) if rows else np.zeros((0, 2), dtype=np.int64)
+        self.offsets = {k: np.asarray(v, dtype=np.int64) for k, v in windows.obs_offsets.items()}
+        self.offsets[windows.action_key] = np.asarray(windows.action_offsets, dtype=np.int64)
+        n_steps = int(self.episode_ends[-1]) if len(self.episode_ends) else 0
+        self._data = data
+        self._memory: dict[str, np.ndarray] = {}
+        self._lazy: dict[str, object] = {}
+        for k in windows.keys:
+            arr = data[k]
+            if _is_lazy(k, arr) and not cache_images:
+                self._lazy[k] = arr
+            else:
+                self._memory[k] = np.asarray(arr[:n_steps])
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    __getstate__ = SequenceSampler.__getstate__
+    _lazy_array = SequenceSampler._lazy_array
+
+    def episode_window_ranges(self) -> np.ndarray:
+        """(E_used, 2) ``[first, end)`` window indices of each used episode, in window order."""
+        if len(self.windows) == 0:
+            return np.zeros((0, 2), dtype=np.int64)
+        change = np.flatnonzero(np.diff(self.windows[:, 0])) + 1
+        starts = np.concatenate([[0], change])
+        ends = np.concatenate([change, [len(self.windows)]])
+        return np.stack([starts, ends], axis=1)
+
+    def _read(self, key: str, steps: np.ndarray) -> np.ndarray:
+        if key in self._memory:
+            return self._memory[key][steps]
+        lo, hi = int(steps.min()), int(steps.max()) + 1
+        if hi - lo <= 4 * len(steps):  # nearby frames: one contiguous read
+            return np.asarray(self._lazy_array(key)[lo:hi])[steps - lo]
+        return np.stack([np.asarray(self._lazy_array(key)[int(s)]) for s in steps])
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"window {i} out of range ({len(self)} windows)")
+        e, t = (int(x) for x in self.windows[i])
+        start, last = int(self.episode_starts[e]), int(self.episode_ends[e]) - 1
+        out = {k: self._read(k, np.clip(start + t + offs, start, last)) for k, offs in self.offsets.items()}
+        for name, ref in self.spec.extras.items():
+            step = last if ref.offset is None else min(max(start + t + ref.offset, start), last)
+            out[name] = self._read(ref.key, np.asarray([step]))
         return out

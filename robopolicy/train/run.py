@@ -14,25 +14,18 @@ import torch
 
 from robopolicy.policy import Policy, get_policy_class
 from robopolicy.train.config import TrainConfig, load_train_config
-from robopolicy.train.data import (
-    build_datasets,
-    build_policy_config,
-    check_finite,
-    open_store,
-    specs_from_data,
-    timing_fields,
-)
+from robopolicy.train.data import build_datasets, build_policy_config, check_finite, open_store, specs_from_store
 from robopolicy.train.trainer import EvalFn, Trainer, make_accelerator, seed_everything
 
 
 def build_policy(config: TrainConfig, store: Any) -> tuple[Policy, Any, Any]:
-    """Datasets from ``store`` and a fresh policy (seeded init, fitted normalizer)."""
+    """A fresh policy (seeded init, fitted normalizer) and the datasets its config's data
+    windows declare over ``store``."""
     policy_cls = get_policy_class(config.policy_name)
-    fields = config.policy_fields()
+    obs_spec, action_spec = specs_from_store(store, config)
+    policy_config = build_policy_config(policy_cls, config.policy_fields(), obs_spec, action_spec)
     check_finite(store, [*config.obs_keys, config.action_key])
-    train_set, val_set = build_datasets(store, config, timing_fields(policy_cls, fields))
-    obs_spec, action_spec = specs_from_data(train_set, config.obs_keys, getattr(store, "action_spec", None))
-    policy_config = build_policy_config(policy_cls, fields, obs_spec, action_spec)
+    train_set, val_set = build_datasets(store, config, policy_config.data_windows())
     seed_everything(config.seed)
     policy = policy_cls(policy_config)
     policy.fit_normalizer(train_set.fields_for_normalizer())

@@ -27,7 +27,7 @@ from robopolicy.interrupts import GracefulStop, defer_interrupts
 from robopolicy.policy import Policy
 from robopolicy.train import checkpoint as ckpt
 from robopolicy.train.config import TrainConfig, save_train_config
-from robopolicy.train.data import ResumableSampler, make_loader
+from robopolicy.train.data import make_loader, make_train_sampler
 from robopolicy.train.ema import EMA
 from robopolicy.train.logging import MetricsLogger
 from robopolicy.train.schedule import make_optimizer, make_scheduler
@@ -115,7 +115,7 @@ class Trainer:
         world, rank = self.acc.num_processes, self.acc.process_index
         if world > 1:  # distinct noise per process (the weights are broadcast from rank 0 by DDP)
             seed_everything(config.seed + rank)
-        self.sampler = ResumableSampler(len(train_set), config.seed, rank, world)
+        self.sampler = make_train_sampler(train_set, config, rank, world)
         self.loader = make_loader(train_set, self.sampler, config.batch_size, config.num_workers, config.seed)
         self.val_loader = (
             make_loader(val_set, None, config.batch_size, 0, config.seed, drop_last=False) if val_set else None
