@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from robopolicy.eval.runner import evaluate
-from robopolicy.outputs import is_report_dir
+from robopolicy.outputs import discard, is_report_dir, staging_dir, swap_in
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -61,14 +61,45 @@ def check_report_dir(out: Path) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    check_report_dir(Path(args.out))
-    report = evaluate(
+    from robopolicy.envs.availability import require_sim
+
+    require_sim("eval")
+    out = Path(args.out)
+    check_report_dir(out)
+    # replacing an earlier report: evaluate into a hidden sibling, swap it in only when complete
+    target = staging_dir(out) if out.exists() and any(out.iterdir()) else out
+    try:
+        report = _evaluate(args, target)
+    except BaseException:
+        if target != out:
+            discard(target)
+        raise
+    if target != out:
+        swap_in(target, out)
+        report = _relocate(report, target, out)
+    keys = ("suite", "episodes", "successes", "success_rate", "ci95", "mean_length", "latency_ms")
+    print(json.dumps({k: report[k] for k in keys}))
+    print(f"report: {args.out}/report.md")
+    return 0
+
+
+def _relocate(report: dict[str, Any], staged: Path, out: Path) -> dict[str, Any]:
+    """Paths of the report written in ``staged`` as they are after the swap (report.json too)."""
+    moved = lambda p: None if p is None else str(out / Path(p).relative_to(staged))  # noqa: E731
+    report = {**report, "videos": [moved(v) for v in report["videos"]], "grid_video": moved(report.get("grid_video"))}
+    report["per_episode"] = [{**e, "video": moved(e.get("video"))} for e in report["per_episode"]]
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _evaluate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    return evaluate(
         args.checkpoint,
         args.suite,
         episodes=args.episodes,
         workers=args.workers,
         seed_offset=args.seed_offset,
-        out=args.out,
+        out=str(out),
         n_videos=args.videos,
         progress=not args.no_progress,
         policy_kwargs={"sampler": args.sampler, "num_inference_steps": args.num_inference_steps},
@@ -76,7 +107,3 @@ def _run(args: argparse.Namespace) -> int:
         video_camera=args.video_camera,
         grid=args.grid,
     )
-    keys = ("suite", "episodes", "successes", "success_rate", "ci95", "mean_length", "latency_ms")
-    print(json.dumps({k: report[k] for k in keys}))
-    print(f"report: {args.out}/report.md")
-    return 0

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from robopolicy.interrupts import ignore_sigint
+
 
 class _Episode:
     """Worker-side state of the running episode."""
@@ -59,7 +61,11 @@ def _run(env: Any, ep: _Episode, actions: np.ndarray, fps: int, video_size: int,
 
 
 def worker_main(conn: Connection, env_kwargs: dict[str, Any], video_size: int, video_camera: str = "agentview") -> None:
-    """Subprocess entry: build the env, then serve ``(command, argument)`` messages."""
+    """Subprocess entry: build the env, then serve ``(command, argument)`` messages.
+
+    A terminal's Ctrl-C reaches every process of the group: the workers ignore it and let the
+    main process decide (it closes them, or a training run lets the evaluation finish)."""
+    ignore_sigint()
     env = None
     try:
         from robopolicy.envs.render import apply_fast_render_patch
