@@ -1,8 +1,16 @@
-"""``robopolicy data``: inspect, validate and import episode stores.
+"""``robopolicy data``: inspect, validate, repair and import episode stores.
 
     robopolicy data info PATH [--json]
-    robopolicy data validate PATH
+    robopolicy data validate PATH [--deep]
+    robopolicy data repair PATH [--dry-run]
     robopolicy data import {robomimic,lerobot,zarr} SRC --out DST [--overwrite] [--zarr-format 2|3]
+
+``validate`` exits 0 when the store is OK (notes, e.g. an incomplete generation, do not fail it),
+1 when it found problems (each names the field, chunk or entry), 2 on a usage error, a path that
+is not an episode store, or a check that could not run. ``repair`` rolls back only the partly
+written tail a crash mid-append leaves (after backing up the metadata next to the store); it
+exits 0 when done or when there is nothing to repair, 1 when it refuses a store damaged
+otherwise (nothing is changed), 2 as ``validate``.
 
 Imports write to ``DST.partial`` and rename it to ``DST`` only when complete; on failure the
 partial store is deleted, so ``DST`` is never half-written.
@@ -14,16 +22,52 @@ import argparse
 import json
 import shutil
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from robopolicy.data.store import EpisodeStore
+from robopolicy.data.store import EpisodeStore, StoreCorruptError, repair_store
+
+VALIDATE_HELP = """\
+Check an episode store.
+
+Always: attributes, shapes and dtypes, a partly written tail episode, chunk files (and the
+frames in a shard's index) missing inside the episodes -- zarr would silently read those as
+zeros -- and the low-dim float fields decoded in full (non-finite values, undecodable chunks).
+--deep also decodes every chunk of every array (data/* and meta/*) and parses every episode's
+metadata, naming each damaged field and chunk. Damaged bytes are caught for certain only where
+the codec has a checksum (crc32c in v3 stores written by robopolicy); Blosc alone has none, so
+there only damage that breaks decompression is found (a --deep run lists such arrays).
+
+An incomplete `demos generate` run (store attribute `generation`) is printed as a note and does
+not fail the check.
+
+exit codes:
+  0  no problems (notes may be printed)
+  1  problems found (listed on stdout)
+  2  usage error, not an episode store, or the check could not run
+"""
+
+REPAIR_HELP = """\
+Roll back a partly written tail episode (what a crash mid-append leaves past the last complete
+episode: data past the last episode end, one extra metadata entry, an unwritten last
+episode_ends entry) and nothing else. A store damaged in any other way is refused and left
+unchanged. Before changing anything, meta/ and every array's metadata document are copied to
+<parent>/<name>.meta-backup-<timestamp>/ (with repair.json saying what was dropped); the dropped
+steps' chunk files stay in place, so copying the backup back undoes the repair. Do not run it
+on a store another process is writing.
+
+exit codes:
+  0  rolled back, nothing to repair, or --dry-run
+  1  refused: the store is damaged otherwise (nothing changed)
+  2  usage error, not an episode store, read-only (.zip), or the repair could not run
+"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("data", help="inspect, validate and import episode stores (Zarr)")
+    p = subparsers.add_parser("data", help="inspect, validate, repair and import episode stores (Zarr)")
     sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     sub.required = True
 
@@ -32,9 +76,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(func=cmd_info)
 
-    val = sub.add_parser("validate", help="check a store; exit 0 if OK, 1 with the problems listed")
+    val = sub.add_parser(
+        "validate",
+        help="check a store; exit 0 OK, 1 problems found, 2 not a store / could not run",
+        description=VALIDATE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     val.add_argument("path", help="store path")
+    val.add_argument("--deep", action="store_true", help="decode every chunk of every array (reads the whole store)")
     val.set_defaults(func=cmd_validate)
+
+    rep = sub.add_parser(
+        "repair",
+        help="roll back a partly written tail episode (keeps a backup of the metadata)",
+        description=REPAIR_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rep.add_argument("path", help="store path")
+    rep.add_argument("--dry-run", action="store_true", help="only show what would be dropped")
+    rep.set_defaults(func=cmd_repair)
 
     imp = sub.add_parser("import", help="import robomimic HDF5 / LeRobotDataset / diffusion_policy Zarr")
     imp.add_argument("format", choices=["robomimic", "lerobot", "zarr"], help="source format")
@@ -46,12 +106,43 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def codec_str(c: object) -> str:
-    """Short codec description: ``blosc(zstd, clevel=3, bitshuffle)``."""
+    """Short codec description: ``blosc(zstd, clevel=3, bitshuffle)``, ``crc32c``."""
     if hasattr(c, "cname") and hasattr(c, "clevel"):
         name = lambda v: str(getattr(v, "value", v))  # noqa: E731  (enums of zarr's BloscCodec)
         shuffle = {0: "noshuffle", 1: "shuffle", 2: "bitshuffle"}.get(c.shuffle, name(c.shuffle))
         return f"blosc({name(c.cname)}, clevel={c.clevel}, {shuffle})"
+    if type(c).__name__ == "Crc32cCodec":
+        return "crc32c"
     return str(c)
+
+
+def resume_command(store: EpisodeStore) -> str:
+    """The ``demos generate --append`` line that continues the store's generation."""
+    attrs = store.attrs
+    source = str(attrs.get("source", ""))
+    task = attrs.get("task") or (source.removeprefix("scripted:") if source.startswith("scripted:") else "TASK")
+    cmd = f"robopolicy demos generate --task {task} --out {store.path} --append"
+    cameras = attrs.get("cameras")
+    if isinstance(cameras, list) and cameras:
+        cmd += f" --cameras {','.join(str(c) for c in cameras)}"
+        sizes = {int(z.shape[1]) for k, z in store.fields.items() if k.startswith("image.") and z.ndim == 4}
+        if len(sizes) == 1 and sizes != {84}:
+            cmd += f" --image-size {sizes.pop()}"
+    return cmd
+
+
+def generation_info(store: EpisodeStore) -> dict | None:
+    """The store's ``generation`` attribute (see ``EpisodeStore.generation_status``) plus a
+    one-line ``summary`` and, while incomplete, the ``resume`` command; None if absent."""
+    gen = store.generation_status()
+    if gen is None:
+        return None
+    req, done = gen["requested"], gen["n_success"]
+    counts = f"{'?' if done is None else done} of {'?' if req is None else req} requested successful demos"
+    if gen["complete"]:
+        return {**gen, "summary": f"generation: complete ({counts})", "resume": None}
+    resume = resume_command(store)
+    return {**gen, "summary": f"generation: INCOMPLETE — {counts} (resume with `{resume}`)", "resume": resume}
 
 
 def store_info(store: EpisodeStore) -> dict:
@@ -81,6 +172,8 @@ def store_info(store: EpisodeStore) -> dict:
             "mean": float(lengths.mean()) if len(lengths) else 0.0,
             "median": float(np.median(lengths)) if len(lengths) else 0.0,
         },
+        "generation": generation_info(store),
+        "partial_tail": store.partial_tail.to_dict() if store.partial_tail else None,
     }
     if success:
         info["success"] = {"count": int(sum(bool(s) for s in success)), "of": len(success)}
@@ -88,7 +181,10 @@ def store_info(store: EpisodeStore) -> dict:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    with EpisodeStore.open(args.path, mode="r") as store:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a partly written tail is shown below
+        store = EpisodeStore.open(args.path, mode="r")
+    with store:
         info = store_info(store)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -99,6 +195,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"episode length: min {el['min']}  max {el['max']}  mean {el['mean']:.1f}  median {el['median']:.1f}")
     if "success" in info:
         print(f"success: {info['success']['count']} / {info['success']['of']}")
+    if info["generation"] is not None:
+        print(info["generation"]["summary"])
+    if info["partial_tail"] is not None:
+        print(
+            f"partly written tail episode (ignored): {store.partial_tail.describe()}; roll it back with "
+            f"`robopolicy data repair {info['path']}`"
+        )
     print("fields:")
     for k, f in info["fields"].items():
         comp = ", ".join(f["compressors"]) or "none"
@@ -110,26 +213,82 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _could_not_run(what: str, path: str, e: BaseException) -> int:
+    """Exit 2 for an unexpected failure (never 1, which means 'problems found' / 'refused')."""
+    traceback.print_exc(file=sys.stderr)
+    print(f"error: could not {what} {path}: {type(e).__name__}: {e}", file=sys.stderr)
+    return 2
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            store = EpisodeStore.open(args.path, mode="r")
-        except ValueError as e:  # inconsistent store: a problem to report, not a usage error
-            if "not an episode store" in str(e):
-                raise
-            problems = [str(e)]
-        else:
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a partly written tail is one of the problems listed
+            try:
+                store = EpisodeStore.open(args.path, mode="r")
+            except StoreCorruptError as e:  # damage: a finding, not a usage error
+                store, problems = None, [str(e)]
+        if store is not None:
             with store:
-                problems = store.validate()
-    problems += [f"warning: {w.message}" for w in caught if issubclass(w.category, UserWarning)]
+                try:
+                    problems = store.validate(deep=args.deep)
+                except StoreCorruptError as e:
+                    problems = [str(e)]
+                gen = generation_info(store)
+                if gen is not None and not gen["complete"]:
+                    notes.append(gen["summary"].replace("generation: ", "generation ", 1))
+                if args.deep:
+                    plain = [k for k, ok in store.checksummed().items() if not ok]
+                    if plain:
+                        notes.append(
+                            f"no checksum in {', '.join(plain)} (Blosc has none): damaged bytes that still "
+                            "decompress cannot be detected there"
+                        )
+    except (FileNotFoundError, ValueError):  # not a store, bad path: exit 2 through the CLI
+        raise
+    except Exception as e:  # noqa: BLE001
+        return _could_not_run("validate", args.path, e)
     if not problems:
-        print(f"{args.path}: OK")
+        print(f"{args.path}: OK" + (" (every chunk decoded)" if args.deep else ""))
+    else:
+        print(f"{args.path}: {len(problems)} problem(s)")
+        for p in problems:
+            print(f"  - {p}")
+    for n in notes:
+        print(f"  note: {n}")
+    return 1 if problems else 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    try:
+        result = repair_store(args.path, dry_run=args.dry_run)
+    except StoreCorruptError as e:
+        print(f"error: {e}", file=sys.stderr)
+        print(
+            f"refused: {args.path} was not changed (`robopolicy data validate --deep {args.path}` for details)",
+            file=sys.stderr,
+        )
+        return 1
+    except (FileNotFoundError, ValueError):
+        raise
+    except Exception as e:  # noqa: BLE001
+        return _could_not_run("repair", args.path, e)
+    tail = result.tail
+    if not tail:
+        print(f"{args.path}: nothing to repair ({tail.n_episodes} episodes, {tail.n_steps} steps, all complete)")
         return 0
-    print(f"{args.path}: {len(problems)} problem(s)")
-    for p in problems:
-        print(f"  - {p}")
-    return 1
+    print(
+        f"{args.path}: partly written tail episode past the {tail.n_episodes} complete episodes ({tail.n_steps} steps)"
+    )
+    print(f"  {'would drop' if result.dry_run else 'dropped'}: {tail.describe()}")
+    if result.dry_run:
+        print("dry run: nothing changed (run without --dry-run to roll it back)")
+        return 0
+    print(f"  backup of meta/ and the array metadata: {result.backup}")
+    print("  (repair.json there lists what was dropped; copy its files back into the store to undo)")
+    print(f"rolled back: {args.path} now holds {tail.n_episodes} episodes ({tail.n_steps} steps)")
+    return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:

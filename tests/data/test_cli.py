@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
 from robopolicy.cli import main
 from robopolicy.data.store import EpisodeStore
 from tests.data.test_importers import write_robomimic
 from tests.data.test_store import make_episode, write_dp_store
+from tests.data.test_store_corruption import damage, grow_tail, make_store, tree_digest
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -78,8 +85,116 @@ def test_usage_errors(argv):
     assert e.value.code == 2
 
 
-@pytest.mark.parametrize("sub", ["info", "validate", "import"])
+@pytest.mark.parametrize("sub", ["info", "validate", "repair", "import"])
 def test_help(sub, capsys):
     with pytest.raises(SystemExit) as e:
         main(["data", sub, "--help"])
-    assert e.value.code == 0 and "usage" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "usage" in out
+    if sub in ("validate", "repair"):
+        assert "exit codes:" in out and "  1  " in out and "  2  usage error, not an episode store" in out
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "robopolicy.cli", "data", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_validate_deep_names_damaged_chunks_in_a_subprocess(tmp_path):
+    path = tmp_path / "s.zarr"
+    make_store(path)
+    r = run_cli("validate", "--deep", str(path))
+    assert r.returncode == 0 and "OK (every chunk decoded)" in r.stdout, r.stdout + r.stderr
+    damage(path)  # action chunk 0 bytes flipped, image shard 1 truncated, eef_pos chunk 0 deleted
+    r = run_cli("validate", "--deep", str(path))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "3 problem(s)" in r.stdout
+    assert "field 'action': chunk 0 (steps 0-" in r.stdout and "cannot be decoded: ValueError" in r.stdout
+    assert "field 'eef_pos': chunk 0 (steps 0-" in r.stdout and "is missing (zarr would read it as zeros)" in r.stdout
+    assert "field 'image.agentview': shard 1 (steps 256-511) has a damaged or truncated chunk index" in r.stdout
+    (tmp_path / "plain").mkdir()
+    r = run_cli("validate", "--deep", str(tmp_path / "plain"))
+    assert r.returncode == 2 and "not an episode store" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_validate_exit_codes(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "s.zarr"
+    make_store(path, n_episodes=5, image=False)
+    ez = zarr.open_group(str(path), mode="r+")["meta/episode_ends"]
+    good = ez[:]
+    ez[2] = 1
+    assert main(["data", "validate", str(path)]) == 1  # corruption is a finding, not a usage error
+    assert "meta/episode_ends entry 2 (chunk 0) is 1" in capsys.readouterr().out
+    assert main(["data", "info", str(path)]) == 2
+    assert "corrupt episode store" in capsys.readouterr().err
+    ez[:] = good
+
+    def crash(self, deep=False):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(EpisodeStore, "validate", crash)
+    assert main(["data", "validate", str(path)]) == 2  # a crash of the check itself is never exit 1
+    assert "could not validate" in capsys.readouterr().err
+
+
+def test_repair_command(tmp_path, capsys):
+    path = tmp_path / "s.zarr"
+    make_store(path, n_episodes=6)
+    assert main(["data", "repair", str(path)]) == 0
+    assert "nothing to repair (6 episodes" in capsys.readouterr().out
+    grow_tail(path, {"action": 5, "eef_pos": 5, "image.agentview": 5}, metadata=1, ends=True)
+    before = tree_digest(path)
+    assert main(["data", "validate", str(path)]) == 1
+    assert "partly written tail episode past the 6 complete episodes" in capsys.readouterr().out
+    assert main(["data", "repair", "--dry-run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "would drop: 5 steps of 'action', 5 steps of 'eef_pos'" in out and "nothing changed" in out
+    assert tree_digest(path) == before and not list(tmp_path.glob("*backup*"))
+    assert main(["data", "repair", str(path)]) == 0
+    out = capsys.readouterr().out
+    backup = next(tmp_path.glob("s.zarr.meta-backup-*"))
+    assert "dropped: 5 steps of 'action'" in out and "1 meta/episode_metadata entry" in out
+    assert f"backup of meta/ and the array metadata: {backup}" in out and "now holds 6 episodes" in out
+    assert (backup / "meta" / "episode_metadata").is_dir() and (backup / "repair.json").is_file()
+    assert main(["data", "validate", "--deep", str(path)]) == 0
+    capsys.readouterr()
+    # corruption: refused with exit 1, nothing changed, no backup
+    ez = zarr.open_group(str(path), mode="r+")["meta/episode_ends"]
+    ez[4] = ez[3]
+    before = tree_digest(path)
+    assert main(["data", "repair", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "meta/episode_ends entry 4" in err and "refused" in err and "was not changed" in err
+    assert tree_digest(path) == before and len(list(tmp_path.glob("*backup*"))) == 1
+    assert main(["data", "repair", str(tmp_path / "nope")]) == 2
+
+
+def test_info_and_validate_show_an_incomplete_generation(store_path, capsys):
+    assert main(["data", "info", str(store_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["generation"] is None  # absent: imported stores
+    store = EpisodeStore.open(store_path, mode="a")
+    store.set_attrs(
+        task="Lift",
+        cameras=["agentview"],
+        generation={"requested": 40, "seed_start": 0, "next_seed": 31, "complete": False, "n_success": 23},
+    )
+    assert main(["data", "info", str(store_path)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "generation: INCOMPLETE — 23 of 40 requested successful demos (resume with "
+        f"`robopolicy demos generate --task Lift --out {store_path} --append --cameras agentview --image-size 6`)"
+    ) in out
+    assert main(["data", "info", str(store_path), "--json"]) == 0
+    gen = json.loads(capsys.readouterr().out)["generation"]
+    assert gen["complete"] is False and gen["requested"] == 40 and gen["n_success"] == 23
+    assert gen["resume"].startswith("robopolicy demos generate --task Lift")
+    assert main(["data", "validate", str(store_path)]) == 0  # a note, not a failure
+    out = capsys.readouterr().out
+    assert "OK" in out and "note: generation INCOMPLETE — 23 of 40" in out
+    store.set_attrs(generation={"requested": 40, "seed_start": 0, "next_seed": 50, "complete": True, "n_success": 40})
+    assert main(["data", "info", str(store_path)]) == 0
+    assert "generation: complete (40 of 40 requested successful demos)" in capsys.readouterr().out
+    store.set_attrs(generation={"requested": "junk"})  # read defensively
+    assert main(["data", "info", str(store_path)]) == 0
+    assert "generation: INCOMPLETE — ? of ? requested" in capsys.readouterr().out
