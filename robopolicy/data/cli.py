@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import traceback
 import warnings
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from robopolicy.data.store import EpisodeStore, StoreCorruptError, repair_store
+from robopolicy.outputs import check_output_dir, discard, staging_dir, swap_in
 
 VALIDATE_HELP = """\
 Check an episode store.
@@ -300,10 +300,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     src = Path(args.src)
     if not src.exists():
         raise FileNotFoundError(f"source not found: {src}")
-    if dst.exists() and not args.overwrite:
-        raise ValueError(f"{dst} already exists (pass --overwrite to replace it)")
-    partial = dst.with_name(dst.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    check_output_dir(dst, "store", overwrite=args.overwrite)  # a file or a folder of other files is refused
+    if src.resolve() == dst.resolve():
+        raise ValueError(f"--out {dst} is the source itself; import into another path")
+    partial = staging_dir(dst)
     bar = tqdm(desc=f"import {args.format}", unit="ep", file=sys.stderr, dynamic_ncols=True)
 
     def progress(done: int, total: int) -> None:
@@ -314,17 +314,13 @@ def cmd_import(args: argparse.Namespace) -> int:
         store = IMPORTERS[args.format](src, partial, zarr_format=args.zarr_format, progress=progress)
         n_ep, n_steps = store.n_episodes, store.n_steps
     except ImportError as e:
-        shutil.rmtree(partial, ignore_errors=True)
+        discard(partial)
         raise ValueError(str(e)) from None
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        discard(partial)
         raise
     finally:
         bar.close()
-    if dst.is_dir():
-        shutil.rmtree(dst)
-    elif dst.exists():
-        dst.unlink()
-    partial.rename(dst)
+    swap_in(partial, dst)  # the old store stays whole until the new one is complete
     print(f"imported {n_ep} episodes ({n_steps} steps) from {src} into {dst}")
     return 0

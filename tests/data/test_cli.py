@@ -69,13 +69,33 @@ def test_import_failure_leaves_nothing(tmp_path, capsys):
     dst = tmp_path / "out.zarr"
     assert main(["data", "import", "robomimic", str(tmp_path / "junk.hdf5"), "--out", str(dst)]) == 2
     assert "not an HDF5 file" in capsys.readouterr().err
-    assert not dst.exists() and not (tmp_path / "out.zarr.partial").exists()
+    assert not dst.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["junk.hdf5"]
     assert main(["data", "import", "robomimic", str(tmp_path / "missing.hdf5"), "--out", str(dst)]) == 2
     assert "source not found" in capsys.readouterr().err
     (tmp_path / "lr" / "meta").mkdir(parents=True)
     (tmp_path / "lr" / "meta" / "info.json").write_text("{}")
     rc = main(["data", "import", "lerobot", str(tmp_path / "lr"), "--out", str(dst)])
-    assert rc == 2 and not dst.exists() and not (tmp_path / "out.zarr.partial").exists()
+    assert rc == 2 and not dst.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["junk.hdf5", "lr"]
+
+
+def test_import_overwrite_refuses_a_folder_of_user_files_and_keeps_a_store_on_failure(tmp_path, capsys):
+    write_robomimic(tmp_path / "lift.hdf5", [3, 4])
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    argv = ["data", "import", "robomimic", str(tmp_path / "lift.hdf5"), "--overwrite", "--out"]
+    assert main([*argv, str(mine)]) == 2
+    assert "not an episode store" in capsys.readouterr().err and (mine / "notes.txt").read_text() == "keep"
+    (tmp_path / "file.zarr").write_text("x")
+    assert main([*argv, str(tmp_path / "file.zarr")]) == 2 and "is a file" in capsys.readouterr().err
+    dst = tmp_path / "lift.zarr"
+    assert main([*argv, str(dst)]) == 0
+    before = EpisodeStore.open(dst).episode(1)
+    (tmp_path / "junk.hdf5").write_text("junk")  # a failing import over the store leaves the store whole
+    assert main(["data", "import", "robomimic", str(tmp_path / "junk.hdf5"), "--overwrite", "--out", str(dst)]) == 2
+    after = EpisodeStore.open(dst).episode(1)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".lift.zarr")]
 
 
 @pytest.mark.parametrize("argv", [["data"], ["data", "info"], ["data", "import", "robomimic"]])
