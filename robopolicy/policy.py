@@ -12,7 +12,23 @@ and built from a frozen dataclass config (a subclass of :class:`PolicyConfig`). 
   N equals N single calls with the same generators. Use :func:`batch_randn`.
 * ``reset(env_ids=None)``: clear per-episode state.
 * ``save(dir)`` / ``Policy.load(dir)``: ``config.json`` + ``model.safetensors`` +
-  ``normalizer.safetensors``. No pickle; loading needs no training code nor dataset.
+  ``normalizer.safetensors``. No pickle; loading needs no training code nor dataset. A truncated
+  or corrupt file is a ``ValueError`` naming it.
+
+Checked at the contract, for every policy by construction: the base class wraps each subclass's
+``predict_action_chunk`` (in ``__init_subclass__``, keeping its signature for introspection) in
+:meth:`Policy.check_obs` before and :meth:`Policy.check_predicted_actions` after, so no policy
+can skip them:
+
+* inputs: every key ``(B, To, *shape)`` exactly (more frames than ``To`` are refused, not
+  trimmed; a missing batch dim is reported with the shape as passed), ``B >= 1`` and the same
+  for all keys; values finite and, after normalization, within ``max_abs_normalized_obs``
+  (1e4: training data maps to about [-1, 1], so this is thousands of training ranges away --
+  a unit mix-up or garbage, which the network would turn into garbage actions; it also
+  refuses values that overflow float32). uint8 inputs (images) are bounded by their type and
+  skip the value check. Errors name the key, the batch row and the frame.
+* outputs: shape (B, H, Da) / (B, N, H, Da) and every action finite; a non-finite action is a
+  :class:`NonFiniteActionError`, never returned (nor hidden by snapping a NaN gripper to a limit).
 
 Chunk timing (H = horizon, To = n_obs_steps, Ta = n_action_steps)::
 
@@ -24,6 +40,7 @@ Chunk timing (H = horizon, To = n_obs_steps, Ta = n_action_steps)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +48,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -46,6 +63,10 @@ WEIGHTS_FILE = "model.safetensors"
 NORMALIZER_FILE = "normalizer.safetensors"
 
 _REGISTRY: dict[str, type[Policy]] = {}
+
+
+class NonFiniteActionError(RuntimeError):
+    """A policy produced NaN or infinite actions from valid inputs (its weights are suspect)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +140,14 @@ class Policy(nn.Module):
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
+    max_abs_normalized_obs: ClassVar[float] = 1e4
+    """Largest |observation| accepted after normalization (training data spans about [-1, 1])."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        fn = cls.__dict__.get("predict_action_chunk")
+        if fn is not None and not getattr(fn, "_checks_contract", False):
+            cls.predict_action_chunk = _contract_checked(fn)
 
     def __init__(self, config: PolicyConfig, normalizer: Normalizer | None = None) -> None:
         super().__init__()
@@ -134,6 +163,8 @@ class Policy(nn.Module):
     def predict_action_chunk(
         self, obs: Mapping[str, Any], *, num_samples: int = 1, generator: Generators = None
     ) -> torch.Tensor:
+        """Subclasses implement this; the base class wraps their method in the input and output
+        checks (:meth:`check_obs`, :meth:`check_predicted_actions`)."""
         raise NotImplementedError
 
     def reset(self, env_ids: list[int] | None = None) -> None:
@@ -189,8 +220,82 @@ class Policy(nn.Module):
             out[f.key] = x
         return out
 
+    def check_obs(self, obs: Mapping[str, Any]) -> int:
+        """Validate a policy input ``{key: (B, To, *shape)}`` in env units; return ``B``.
+
+        Shapes by :meth:`ObservationSpec.validate_batch`; then every value must be finite and,
+        after normalization, within ``max_abs_normalized_obs`` (keys the normalizer does not
+        know: in raw units). uint8 / bool inputs skip the value check. The check runs where the
+        data lives (CPU arrays stay on the CPU). Errors name the key, the batch row and the frame.
+        """
+        spec = self.config.obs_spec
+        b = spec.validate_batch(obs, self.config.n_obs_steps)
+        for f in spec.fields:
+            self._check_obs_values(f.key, f.kind, obs[f.key])
+        return b
+
+    def _check_obs_values(self, key: str, kind: FieldKind, value: Any) -> None:
+        x = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+        if x.dtype in (torch.uint8, torch.bool):
+            return
+        if key in self.normalizer:
+            flat = x if kind is FieldKind.IMAGE else x.reshape(*x.shape[:2], -1)
+            xn = self.normalizer.normalize(key, flat).reshape(x.shape)
+        else:
+            xn = x.float()
+        bound = self.max_abs_normalized_obs
+        if float(xn.abs().amax()) <= bound:  # NaN compares False
+            return
+        bad = ~(xn.abs() <= bound)
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        row, frame, elem = idx[0], idx[1], idx[2:]
+        where = f"batch row {row}, frame {frame}"
+        if elem:
+            where += f", dim {elem[0]}" if len(elem) == 1 else f", element {elem}"
+        raw, norm = float(x[idx]), float(xn[idx])
+        count = f"{int(bad.sum())} bad value(s) in all"
+        if not np.isfinite(raw):
+            raise ValueError(f"observation key {key!r} holds a non-finite value ({raw}) at {where}; {count}")
+        unit = "after normalization" if key in self.normalizer else "in raw units (no normalizer stats)"
+        raise ValueError(
+            f"observation key {key!r} is {raw:.6g} at {where}: {norm:.6g} {unit}, beyond the accepted "
+            f"+-{bound:g} (the training data spans about [-1, 1]: a unit mix-up or a corrupt reading?); {count}"
+        )
+
+    def check_predicted_actions(self, out: Any, batch_size: int, num_samples: int = 1) -> None:
+        """The output side of the contract: actions (a tensor, or ``out.actions`` for a policy
+        output object) of shape (B, H, Da) or (B, N, H, Da), all finite. Raises
+        :class:`NonFiniteActionError` (with the rows and any non-finite parameters) otherwise."""
+        a = out if isinstance(out, torch.Tensor) else getattr(out, "actions", None)
+        if not isinstance(a, torch.Tensor):
+            raise TypeError(
+                f"policy {self.name!r}: predict_action_chunk must return actions as a tensor or an output "
+                f"object with .actions, got {type(out).__name__}"
+            )
+        c = self.config
+        expected = (batch_size, c.horizon, c.action_spec.dim)
+        if num_samples != 1:
+            expected = (batch_size, num_samples, *expected[1:])
+        if tuple(a.shape) != expected:
+            raise RuntimeError(f"policy {self.name!r} returned actions of shape {tuple(a.shape)}, expected {expected}")
+        if bool(torch.isfinite(a).all()):
+            return
+        rows = sorted({int(r) for r in (~torch.isfinite(a)).nonzero()[:, 0]})
+        params = [n for n, p in self.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+        cause = (
+            f"non-finite parameters: {params[:5]}{' ...' if len(params) > 5 else ''} (corrupt or diverged weights)"
+            if params
+            else "all parameters are finite (a numerical overflow inside the network?)"
+        )
+        raise NonFiniteActionError(
+            f"policy {self.name!r} produced non-finite actions for batch rows {rows} from finite, in-range "
+            f"inputs; refusing to return them. {cause}"
+        )
+
     def snap_discrete(self, action: torch.Tensor) -> torch.Tensor:
-        """Env-unit actions (..., Da): discrete dims (grippers) snap to the nearer of low/high."""
+        """Env-unit actions (..., Da): discrete dims (grippers) snap to the nearer of low/high.
+
+        Non-finite values stay as they are, so the output check sees them."""
         spec = self.config.action_spec
         idx = [i for i, d in enumerate(spec.discrete) if d]
         if not idx:
@@ -198,7 +303,8 @@ class Policy(nn.Module):
         out = action.clone()
         lo = torch.tensor([spec.low[i] for i in idx], dtype=action.dtype, device=action.device)
         hi = torch.tensor([spec.high[i] for i in idx], dtype=action.dtype, device=action.device)
-        out[..., idx] = torch.where(action[..., idx] >= (lo + hi) / 2, hi, lo)
+        a = action[..., idx]
+        out[..., idx] = torch.where(torch.isfinite(a), torch.where(a >= (lo + hi) / 2, hi, lo), a)
         return out
 
     def check_action(self, action: Any) -> torch.Tensor:
@@ -239,11 +345,10 @@ class Policy(nn.Module):
             )
         cls = get_policy_class(meta["policy"])
         config = from_dict(cls.config_class, meta["config"])
-        with safe_open(str(d / NORMALIZER_FILE), framework="pt") as f:
-            norm = Normalizer.from_state_dict({k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {})
+        tensors, metadata = _read_safetensors(d / NORMALIZER_FILE)
+        norm = Normalizer.from_state_dict(tensors, metadata)
         policy = cls(config, normalizer=norm)
-        with safe_open(str(d / WEIGHTS_FILE), framework="pt") as f:
-            state = {k: f.get_tensor(k) for k in f.keys()}
+        state, _ = _read_safetensors(d / WEIGHTS_FILE)
         missing, unexpected = policy.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(
@@ -271,6 +376,35 @@ def batch_randn(
         return torch.stack(rows).to(device)
     gdev = generator.device if generator is not None else "cpu"
     return torch.randn(shape, generator=generator, device=gdev, dtype=dtype).to(device)
+
+
+def _contract_checked(fn):
+    """Wrap a subclass's ``predict_action_chunk`` in the contract's input and output checks.
+
+    ``functools.wraps`` keeps ``__wrapped__``, so ``inspect.signature`` still shows the policy's
+    own keyword arguments (the eval runner checks them)."""
+
+    @functools.wraps(fn)
+    def predict_action_chunk(self: Policy, obs: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
+        batch_size = self.check_obs(obs)
+        n = kwargs.get("num_samples", 1)
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"num_samples must be an integer >= 1, got {n!r}")
+        out = fn(self, obs, *args, **kwargs)
+        self.check_predicted_actions(out, batch_size, int(n))
+        return out
+
+    predict_action_chunk._checks_contract = True
+    return predict_action_chunk
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the metadata of a safetensors file; ValueError naming it if unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except SafetensorError as e:
+        raise ValueError(f"{path} is truncated or not a safetensors file: {e}") from None
 
 
 def _atomic(path: Path, write) -> None:

@@ -111,6 +111,45 @@ class ObservationSpec:
                     f"observation key {f.key!r}: expected {leading} leading dims before {f.shape}, got shape {shape}"
                 )
 
+    def validate_batch(self, obs: Mapping[str, object], n_obs_steps: int) -> int:
+        """Check a policy input ``{key: (B, To, *field.shape)}`` and return ``B``.
+
+        Every declared key must be present with exactly ``(B, To, *field.shape)``: ``To`` frames
+        exactly (more are refused, not trimmed: which ones the caller meant is ambiguous), one
+        batch size ``B >= 1`` for all keys. Errors name the key and the shape as the caller
+        passed it. Raises ``TypeError`` / ``KeyError`` / ``ValueError``.
+        """
+        if not isinstance(obs, Mapping):
+            raise TypeError(f"an observation must be a mapping {{key: (B, To, ...)}}, got {type(obs).__name__}")
+        sizes: dict[str, int] = {}
+        shapes: dict[str, tuple[int, ...]] = {}
+        for f in self.fields:
+            if f.key not in obs:
+                raise KeyError(f"observation is missing key {f.key!r} (expected keys {self.keys})")
+            shape = _shape_of(obs[f.key])
+            n = len(f.shape)
+            expected = f"(B, To, *shape) = (B, {', '.join(str(s) for s in (n_obs_steps, *f.shape))})"
+            if len(shape) != n + 2 or shape[2:] != f.shape:
+                hint = ""
+                if len(shape) == n + 1 and shape[1:] == f.shape:
+                    hint = " (is the batch dimension missing?)"
+                elif len(shape) >= n and shape[len(shape) - n :] != f.shape:
+                    hint = f" (the trailing dims must be {f.shape})"
+                raise ValueError(f"observation key {f.key!r}: expected shape {expected}, got {shape}{hint}")
+            if shape[1] != n_obs_steps:
+                fix = f"; pass the newest with obs[{f.key!r}][:, -{n_obs_steps}:]" if shape[1] > n_obs_steps else ""
+                raise ValueError(
+                    f"observation key {f.key!r} has {shape[1]} frames (shape {shape}), the policy takes "
+                    f"exactly To={n_obs_steps} (the newest last){fix}"
+                )
+            sizes[f.key], shapes[f.key] = shape[0], shape
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"observation keys disagree on the batch size B: {sizes}")
+        key = self.fields[0].key
+        if sizes[key] == 0:
+            raise ValueError(f"empty batch: observation key {key!r} has shape {shapes[key]}; pass at least one row")
+        return sizes[key]
+
     def to_dict(self) -> dict:
         return {"fields": [f.to_dict() for f in self.fields]}
 
@@ -226,6 +265,12 @@ class ChunkTiming:
     @property
     def executed(self) -> slice:
         return slice(self.n_obs_steps - 1, self.n_obs_steps - 1 + self.n_action_steps)
+
+
+def _shape_of(x: object) -> tuple[int, ...]:
+    """The shape of an array, tensor or nested list, exactly as passed."""
+    shape = getattr(x, "shape", None)
+    return tuple(int(d) for d in (shape if shape is not None else np.shape(x)))
 
 
 def stack_obs(frames: Sequence[Mapping[str, np.ndarray]], keys: Sequence[str]) -> dict[str, np.ndarray]:

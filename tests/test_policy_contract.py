@@ -1,10 +1,14 @@
 """Contract tests every registered policy runs through (lerobot test_policies / diffusers
 PipelineTesterMixin style): save/load round trip, batch == N single calls, seeded determinism,
-clear shape/key errors, loss is a finite differentiable scalar."""
+clear shape/key errors, loss is a finite differentiable scalar; inputs checked at the contract
+(non-finite / huge values, frame count, batch dim, empty batch) and no non-finite action ever
+returned; corrupt checkpoint files named."""
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 import subprocess
 import sys
 
@@ -13,7 +17,8 @@ import pytest
 import torch
 
 import tests.fixture_policy  # noqa: F401  (registers the test-only policy)
-from robopolicy.policy import Policy, registered_policies
+from robopolicy.eval.runner import check_policy_kwargs
+from robopolicy.policy import NonFiniteActionError, Policy, registered_policies
 from robopolicy.types import ActionSpec, FieldSpec, ObservationSpec
 
 OBS_SPEC = ObservationSpec((FieldSpec("state", (5,)), FieldSpec("eef_pos", (3,))))
@@ -164,3 +169,136 @@ def test_loaded_in_fresh_process_predicts_same_chunk(cls, cfg, tmp_path):
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     np.testing.assert_array_equal(before, np.load(tmp_path / "out.npy"))
+
+
+# ---------------------------------------------------------------- inputs and outputs checked at the contract
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, 1e30, -1e30])
+@pytest.mark.parametrize("cls,cfg", CASES)
+def test_nonfinite_and_huge_inputs_are_refused_naming_key_row_and_frame(cls, cfg, value):
+    policy = _build(cls, cfg)
+    obs = _obs(cfg, batch=3)
+    obs["eef_pos"][2, 1, 0] = value
+    with pytest.raises(ValueError, match=r"'eef_pos'.*batch row 2, frame 1, dim 0"):
+        policy.predict_action_chunk(obs, generator=_gen(0))
+
+
+@pytest.mark.parametrize("cls,cfg", CASES)
+def test_values_overflowing_float32_are_refused(cls, cfg):
+    policy = _build(cls, cfg)
+    obs = {k: v.astype(np.float64) for k, v in _obs(cfg, batch=2).items()}
+    obs["state"][0, 0, 4] = 1e39  # finite in float64, inf in the model's float32
+    with pytest.raises(ValueError, match=r"'state'.*batch row 0, frame 0, dim 4"):
+        policy.predict_action_chunk(obs)
+    obs["state"][0, 0, 4] = 50.0  # out of the training range, but a plausible reading: accepted
+    assert torch.isfinite(policy.predict_action_chunk(obs)).all()
+
+
+@pytest.mark.parametrize("cls,cfg", CASES)
+def test_more_or_fewer_frames_than_to_are_refused(cls, cfg):
+    policy = _build(cls, cfg)
+    to = cfg.n_obs_steps
+    obs = _obs(cfg, batch=2)
+    more = {k: np.concatenate([v, v], axis=1) for k, v in obs.items()}
+    with pytest.raises(ValueError, match=rf"'state' has {2 * to} frames.*To={to}"):
+        policy.predict_action_chunk(more)
+    fewer = {k: v[:, :1] for k, v in obs.items()}
+    if to > 1:
+        with pytest.raises(ValueError, match=rf"'state' has 1 frames.*To={to}"):
+            policy.predict_action_chunk(fewer)
+
+
+@pytest.mark.parametrize("cls,cfg", CASES)
+def test_missing_batch_dim_names_the_shape_as_passed(cls, cfg):
+    policy = _build(cls, cfg)
+    obs = {k: v[0] for k, v in _obs(cfg, batch=1).items()}  # (To, D): no batch dim
+    to = cfg.n_obs_steps
+    with pytest.raises(ValueError, match=rf"'state'.*\(B, {to}, 5\), got \({to}, 5\).*batch dimension missing"):
+        policy.predict_action_chunk(obs)
+
+
+@pytest.mark.parametrize("cls,cfg", CASES)
+def test_empty_batch_and_mismatched_batch_sizes_are_clear_errors(cls, cfg):
+    policy = _build(cls, cfg)
+    obs = _obs(cfg, batch=2)
+    with pytest.raises(ValueError, match="empty batch"):
+        policy.predict_action_chunk({k: v[:0] for k, v in obs.items()})
+    with pytest.raises(ValueError, match="disagree on the batch size"):
+        policy.predict_action_chunk(dict(obs, eef_pos=obs["eef_pos"][:1]))
+    with pytest.raises(ValueError, match="num_samples"):
+        policy.predict_action_chunk(obs, num_samples=0)
+
+
+@pytest.mark.parametrize("cls,cfg", CASES)
+def test_nonfinite_weights_never_give_nonfinite_actions(cls, cfg):
+    policy = _build(cls, cfg)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(NonFiniteActionError, match=f"policy '{cls.name}' produced non-finite actions.*parameters"):
+        policy.predict_action_chunk(_obs(cfg), generator=_gen(0))
+
+
+def test_base_snap_discrete_keeps_nonfinite_values():
+    cls, cfg = next(c.values for c in CASES if c.values[0].name == "test_mlp")
+    policy = _build(cls, cfg)
+    out = policy.snap_discrete(torch.tensor([[0.3, 0.5, float("nan")], [0.3, 0.5, 0.2], [0.1, 0.1, float("inf")]]))
+    assert torch.isnan(out[0, 2]) and out[1, 2] == 1 and torch.isinf(out[2, 2])
+
+
+class _RogueMLP(tests.fixture_policy.MLPPolicy):
+    """Overrides predict_action_chunk with no checks of its own; the contract still checks it."""
+
+    mode = "nan"
+
+    def predict_action_chunk(self, obs, *, num_samples=1, generator=None, rogue_kwarg=None):
+        c = self.config
+        b = len(obs["state"])
+        if self.mode == "shape":
+            return torch.zeros(b, c.horizon + 1, c.action_spec.dim)
+        return torch.full((b, c.horizon, c.action_spec.dim), float("nan"))
+
+
+def test_a_subclass_cannot_skip_the_checks():
+    cfg = tests.fixture_policy.MLPPolicy.tiny_configs(OBS_SPEC, ACTION_SPEC)["default"]
+    policy = _RogueMLP(cfg)
+    policy.fit_normalizer(_fields())
+    obs = _obs(cfg)
+    with pytest.raises(NonFiniteActionError, match="rows \\[0, 1, 2\\].*all parameters are finite"):
+        policy.predict_action_chunk(obs)
+    policy.mode = "shape"
+    with pytest.raises(RuntimeError, match=r"shape \(3, 9, 3\), expected \(3, 8, 3\)"):
+        policy.predict_action_chunk(obs)
+    obs["state"][0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="'state'"):
+        policy.predict_action_chunk(obs)
+    assert "rogue_kwarg" in inspect.signature(policy.predict_action_chunk).parameters
+
+
+@pytest.mark.parametrize("cls,cfg", CASES)
+def test_predict_keeps_each_policys_own_signature(cls, cfg):
+    """The checks wrap predict_action_chunk without hiding its keyword arguments (the eval
+    runner validates --policy kwargs against them)."""
+    policy = _build(cls, cfg)
+    params = inspect.signature(policy.predict_action_chunk).parameters
+    assert list(params)[0] == "obs" and {"num_samples", "generator"} <= set(params)
+    own = list(params)[-1]
+    assert check_policy_kwargs(policy, {own: 1}) == {own: 1}
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        with pytest.raises(ValueError, match="does not support"):
+            check_policy_kwargs(policy, {"no_such_kwarg": 1})
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "normalizer.safetensors"])
+@pytest.mark.parametrize("keep", [0.5, 0.0])
+def test_truncated_checkpoint_files_are_named(tmp_path, name, keep):
+    cls, cfg = CASES[0].values
+    ckpt = _build(cls, cfg).save(tmp_path / "ckpt")
+    data = (ckpt / name).read_bytes()
+    (ckpt / name).write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(ValueError, match=re.escape(f"{ckpt / name} is truncated or not a safetensors file")):
+        Policy.load(ckpt)
+    (ckpt / name).write_text('{"not": "safetensors"}')
+    with pytest.raises(ValueError, match=re.escape(f"{ckpt / name} is truncated or not a safetensors file")):
+        Policy.load(ckpt)

@@ -44,6 +44,35 @@ def test_observation_spec_validate_names_key():
         FieldSpec("image.x", (84, 84), FieldKind.IMAGE)
 
 
+def test_observation_spec_validate_batch_names_key_and_shape_as_passed():
+    spec = ObservationSpec((FieldSpec("state", (5,)), FieldSpec("image.agentview", (8, 8, 3), FieldKind.IMAGE)))
+    obs = {"state": np.zeros((3, 2, 5)), "image.agentview": np.zeros((3, 2, 8, 8, 3), np.uint8)}
+    assert spec.validate_batch(obs, 2) == 3
+    assert spec.validate_batch({**obs, "state": np.zeros((3, 2, 5)).tolist()}, 2) == 3  # lists have a shape too
+    with pytest.raises(TypeError, match="mapping"):
+        spec.validate_batch(obs["state"], 2)
+    with pytest.raises(KeyError, match="image.agentview"):
+        spec.validate_batch({"state": obs["state"]}, 2)
+    with pytest.raises(
+        ValueError, match=r"'state': expected shape \(B, To, \*shape\) = \(B, 2, 5\), got \(2, 5\) \(is"
+    ):
+        spec.validate_batch({**obs, "state": np.zeros((2, 5))}, 2)
+    with pytest.raises(ValueError, match=r"'image.agentview'.*got \(2, 8, 8, 3\) \(is the batch dimension missing"):
+        spec.validate_batch({**obs, "image.agentview": obs["image.agentview"][0]}, 2)
+    with pytest.raises(ValueError, match=r"'state'.*got \(3, 2, 4\) \(the trailing dims must be \(5,\)\)"):
+        spec.validate_batch({**obs, "state": np.zeros((3, 2, 4))}, 2)
+    with pytest.raises(ValueError, match=r"'state'.*got \(1, 3, 2, 5\)$"):
+        spec.validate_batch({**obs, "state": np.zeros((1, 3, 2, 5))}, 2)
+    with pytest.raises(ValueError, match=r"'state' has 4 frames \(shape \(3, 4, 5\)\).*exactly To=2.*\[:, -2:\]"):
+        spec.validate_batch({**obs, "state": np.zeros((3, 4, 5))}, 2)
+    with pytest.raises(ValueError, match=r"'image.agentview' has 1 frames.*exactly To=2"):
+        spec.validate_batch({**obs, "image.agentview": obs["image.agentview"][:, :1]}, 2)
+    with pytest.raises(ValueError, match=r"disagree on the batch size B: \{'state': 3, 'image.agentview': 1\}"):
+        spec.validate_batch({**obs, "image.agentview": obs["image.agentview"][:1]}, 2)
+    with pytest.raises(ValueError, match=r"empty batch: observation key 'state' has shape \(0, 2, 5\)"):
+        spec.validate_batch({k: v[:0] for k, v in obs.items()}, 2)
+
+
 def test_chunk_timing():
     t = ChunkTiming(16, 2, 8)
     assert t.executed == slice(1, 9)

@@ -11,7 +11,8 @@ import torch
 from robopolicy.config import to_dict
 from robopolicy.diffusion import DenoiserView, sample
 from robopolicy.policies.diffusion import Backbone, DiffusionConfig, DiffusionPolicy, Sampler
-from robopolicy.policy import Policy, get_policy_class
+from robopolicy.policies.diffusion.model import snap_discrete
+from robopolicy.policy import NonFiniteActionError, Policy, get_policy_class
 from robopolicy.types import ActionSpec, FieldKind, FieldSpec, ObservationSpec
 
 OBS = ObservationSpec((FieldSpec("state", (2,)),))
@@ -139,12 +140,41 @@ def test_clear_errors_on_bad_input():
         policy.compute_loss({"obs": {"state": torch.zeros(2, TO, 3)}, "action": good["action"]})
     with pytest.raises(ValueError, match="action"):
         policy.compute_loss({"obs": good["obs"], "action": torch.zeros(2, H + 1, 2)})
-    with pytest.raises(ValueError, match="need 2 steps"):
+    with pytest.raises(ValueError, match="'state' has 1 frames.*To=2"):
         policy.compute_loss({"obs": {"state": torch.zeros(2, 1, 2)}, "action": good["action"]})
     with pytest.raises(ValueError, match="noise must have shape"):
         policy.predict_action_chunk(good["obs"], noise=torch.zeros(2, H, 3))
     with pytest.raises(ValueError, match="nope"):
         policy.predict_action_chunk(good["obs"], sampler="nope")
+
+
+def test_more_frames_than_to_are_refused_everywhere_not_trimmed_to_the_oldest():
+    """Training, the denoiser view's encode and predict all refuse extra frames (they used to
+    keep the first To silently, i.e. the oldest frames of an inference history)."""
+    policy = make_policy("unet").eval()
+    good = bimodal_batch(torch.Generator().manual_seed(0), 2)
+    three = torch.zeros(2, TO + 1, 2)
+    with pytest.raises(ValueError, match=f"'state' has {TO + 1} frames.*To={TO}"):
+        policy.compute_loss({"obs": {"state": three}, "action": good["action"]})
+    with pytest.raises(ValueError, match=f"'state' has {TO + 1} frames.*To={TO}"):
+        policy.denoiser_view().encode({"state": three})
+    with pytest.raises(ValueError, match=f"'state' has {TO + 1} frames.*To={TO}"):
+        policy.predict_action_chunk({"state": three})
+
+
+def test_a_nan_gripper_is_not_snapped_to_a_valid_looking_limit():
+    act = ActionSpec(("x", "grip"), (-2.0, 0.0), (2.0, 1.0), discrete=(False, True))
+    nan = float("nan")
+    snapped = snap_discrete(torch.tensor([[0.3, nan], [nan, 0.7], [0.1, float("-inf")]]), act)
+    assert snapped[0, 0] == 0.3 and torch.isnan(snapped[0, 1]) and torch.isnan(snapped[1, 0])
+    assert snapped[1, 1] == 1.0 and torch.isneginf(snapped[2, 1])
+    policy = make_policy("unet", act=act).eval()
+    with torch.no_grad():
+        policy.model.head[-1].bias[1] = nan  # only the gripper output channel
+    obs = {"state": np.zeros((2, TO, 2), np.float32)}
+    # one DDIM step: the NaN stays in the gripper dim (it used to come back as 0.0, looking valid)
+    with pytest.raises(NonFiniteActionError, match="non-finite actions for batch rows \\[0, 1\\].*head.1.bias"):
+        policy.predict_action_chunk(obs, sampler="ddim", num_inference_steps=1, generator=torch.Generator())
 
 
 def test_config_validation_names_the_bad_value():

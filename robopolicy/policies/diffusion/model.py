@@ -100,20 +100,13 @@ class DiffusionPolicy(Policy):
         self.noise_scheduler = make_ddpm(config.noise_schedule)
 
     # ------------------------------------------------------------------ encoding
-    def _first_steps(self, obs: Mapping[str, Any]) -> dict[str, Any]:
-        """Keep the first To frames of every declared key (the rest, if any, is padding)."""
-        to = self.config.n_obs_steps
-        out = dict(obs)
-        for key in self.config.obs_spec.keys:
-            if key in obs and getattr(obs[key], "ndim", 0) >= 2:
-                if obs[key].shape[1] < to:
-                    raise ValueError(f"observation key {key!r}: need {to} steps, got shape {tuple(obs[key].shape)}")
-                out[key] = obs[key][:, :to]
-        return out
-
     def encode_obs(self, obs: Mapping[str, Any]) -> torch.Tensor:
-        """Env-unit obs ``{key: (B, To, ...)}`` -> per-step features (B, To, D)."""
-        return self.obs_encoder(self.normalize_obs(self._first_steps(obs)))
+        """Env-unit obs ``{key: (B, To, ...)}`` -> per-step features (B, To, D).
+
+        Exactly To frames per key (training windows and the view's ``encode`` too): more are
+        refused rather than trimmed, since which ones the caller meant is ambiguous."""
+        self.config.obs_spec.validate_batch(obs, self.config.n_obs_steps)
+        return self.obs_encoder(self.normalize_obs(obs))
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -267,10 +260,13 @@ class DiffusionPolicy(Policy):
 
 
 def snap_discrete(action: torch.Tensor, spec: ActionSpec) -> torch.Tensor:
-    """Discrete dims (grippers) snap to the nearer of low / high; continuous dims unchanged."""
+    """Discrete dims (grippers) snap to the nearer of low / high; continuous dims unchanged.
+
+    A non-finite value stays non-finite (a NaN gripper must not become a valid-looking limit:
+    the contract's output check refuses it)."""
     if not any(spec.discrete):
         return action
-    mask = torch.tensor(spec.discrete, device=action.device)
+    mask = torch.tensor(spec.discrete, device=action.device) & torch.isfinite(action)
     low = torch.tensor(spec.low, device=action.device, dtype=action.dtype)
     high = torch.tensor(spec.high, device=action.device, dtype=action.dtype)
     snapped = torch.where(action >= (low + high) / 2, high, low)
