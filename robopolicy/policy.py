@@ -40,9 +40,8 @@ Chunk timing (H = horizon, To = n_obs_steps, Ta = n_action_steps)::
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -55,6 +54,7 @@ from torch import nn
 from robopolicy.config import from_dict, to_dict
 from robopolicy.data.normalizer import Normalizer, NormMode
 from robopolicy.data.windows import DataWindows
+from robopolicy.inference.output import PolicyOutput
 from robopolicy.types import ActionSpec, ChunkTiming, FieldKind, ObservationSpec
 
 FORMAT_VERSION = 1
@@ -119,20 +119,58 @@ def register_policy(name: str):
     return wrap
 
 
+# Built-in policies: name -> the module that registers it. Loading a checkpoint imports only the
+# module its config.json names (or this entry), never every policy.
+BUILTIN_POLICIES: dict[str, str] = {"diffusion": "robopolicy.policies.diffusion"}
+ENTRY_POINT_GROUP = "robopolicy.policies"
+"""Entry-point group through which packages outside robopolicy register policies
+(``[project.entry-points."robopolicy.policies"] mypolicy = "mypkg.policy"``: the module that
+registers it)."""
+
+
+def _entry_points() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def import_policy_module(name: str, module: str | None = None) -> None:
+    """Import the one module that registers policy ``name``: ``module`` (from a checkpoint), a
+    built-in, or an entry point of the ``robopolicy.policies`` group."""
+    import importlib
+
+    if name in _REGISTRY:
+        return
+    if module:
+        importlib.import_module(module)
+    elif name in BUILTIN_POLICIES:
+        importlib.import_module(BUILTIN_POLICIES[name])
+    elif name in (eps := _entry_points()):
+        eps[name].load()
+
+
 def registered_policies() -> dict[str, type[Policy]]:
-    _import_builtin_policies()
+    """Every policy: the built-ins and the entry points are imported (the contract tests run over all)."""
+    for name in [*BUILTIN_POLICIES, *_entry_points()]:
+        import_policy_module(name)
     return dict(_REGISTRY)
 
 
-def get_policy_class(name: str) -> type[Policy]:
-    _import_builtin_policies()
+def get_policy_class(name: str, module: str | None = None) -> type[Policy]:
+    """The class registered as ``name``, importing only the module that defines it."""
+    try:
+        import_policy_module(name, module)
+    except ImportError as e:
+        raise ValueError(f"policy {name!r}: cannot import its module ({e})") from None
     if name not in _REGISTRY:
-        raise KeyError(f"unknown policy {name!r}; registered: {sorted(_REGISTRY)}")
+        known = sorted({*_REGISTRY, *BUILTIN_POLICIES, *_entry_points()})
+        raise KeyError(f"unknown policy {name!r}; known: {known}")
     return _REGISTRY[name]
 
 
-def _import_builtin_policies() -> None:
-    import robopolicy.policies  # noqa: F401  (registers the built-in policies)
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """Inference options of a policy that has none."""
 
 
 class Policy(nn.Module):
@@ -140,14 +178,22 @@ class Policy(nn.Module):
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
+    options_class: ClassVar[type] = NoOptions
+    """Frozen dataclass of the policy's inference options (sampler, steps...); every field has a
+    default, ``None`` meaning "the config's"."""
+    observes_every_step: ClassVar[bool] = False
+    """True: the runner / controller calls :meth:`observe` after every environment step."""
     max_abs_normalized_obs: ClassVar[float] = 1e4
     """Largest |observation| accepted after normalization (training data spans about [-1, 1])."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        fn = cls.__dict__.get("predict_action_chunk")
-        if fn is not None and not getattr(fn, "_checks_contract", False):
-            cls.predict_action_chunk = _contract_checked(fn)
+        for final in ("predict", "predict_action_chunk"):
+            if final in cls.__dict__:
+                raise TypeError(
+                    f"{cls.__qualname__} overrides {final}(): implement _predict() instead, so that the "
+                    "contract's input and output checks always run"
+                )
 
     def __init__(self, config: PolicyConfig, normalizer: Normalizer | None = None) -> None:
         super().__init__()
@@ -160,15 +206,78 @@ class Policy(nn.Module):
     def compute_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
-    def predict_action_chunk(
-        self, obs: Mapping[str, Any], *, num_samples: int = 1, generator: Generators = None
-    ) -> torch.Tensor:
-        """Subclasses implement this; the base class wraps their method in the input and output
-        checks (:meth:`check_obs`, :meth:`check_predicted_actions`)."""
+    def predict(
+        self,
+        obs: Mapping[str, Any],
+        *,
+        env_ids: Sequence[int] | None = None,
+        generator: Generators = None,
+        num_samples: int = 1,
+        options: Any = None,
+    ) -> PolicyOutput:
+        """Action chunks and extras for a batch of environments.
+
+        ``obs = {key: (B, To, ...)}`` in env units; ``env_ids[b]`` is the environment of row b
+        (per-episode state is keyed by it; default ``range(B)``); ``generator`` one
+        ``torch.Generator`` or one per row (row b's noise from ``generator[b]`` alone);
+        ``options`` the policy's typed inference options (an ``options_class`` instance or a
+        dict of its fields). Returns :class:`~robopolicy.inference.output.PolicyOutput` with
+        actions (B, H, Da) or (B, N, H, Da). Inputs and outputs are checked here, for every
+        policy; the grad mode is the policy's own (:meth:`inference_mode`).
+        """
+        batch_size = self.check_obs(obs)
+        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+            raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        ids = list(range(batch_size)) if env_ids is None else [int(e) for e in env_ids]
+        if len(ids) != batch_size or len(set(ids)) != len(ids):
+            raise ValueError(f"env_ids must name {batch_size} distinct environments (one per row), got {env_ids}")
+        if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
+            raise ValueError(f"got {len(generator)} generators for a batch of {batch_size}")
+        opts = self.resolve_options(options)
+        with self.inference_mode():
+            out = self._predict(obs, env_ids=ids, generator=generator, num_samples=int(num_samples), options=opts)
+        if not isinstance(out, PolicyOutput):
+            out = PolicyOutput(out)
+        self.check_predicted_actions(out.actions, batch_size, int(num_samples))
+        return out
+
+    def _predict(
+        self, obs: Mapping[str, Any], *, env_ids: list[int], generator: Generators, num_samples: int, options: Any
+    ) -> PolicyOutput | torch.Tensor:
+        """Subclasses implement this (inputs already checked; outputs checked after)."""
         raise NotImplementedError
 
-    def reset(self, env_ids: list[int] | None = None) -> None:
-        """Clear per-episode state. Stateless policies do nothing."""
+    def predict_action_chunk(
+        self, obs: Mapping[str, Any], *, num_samples: int = 1, generator: Generators = None, **options: Any
+    ) -> torch.Tensor:
+        """The actions of :meth:`predict` alone (keyword options: the policy's inference options)."""
+        return self.predict(obs, generator=generator, num_samples=num_samples, options=options or None).actions
+
+    def resolve_options(self, options: Any = None) -> Any:
+        """The policy's typed inference options from None, a dict of fields, or an instance."""
+        cls = self.options_class
+        if options is None:
+            return cls()
+        if isinstance(options, cls):
+            return options
+        if isinstance(options, Mapping):
+            fields = {f.name for f in dataclasses.fields(cls)}
+            bad = sorted(set(options) - fields)
+            if bad:
+                raise ValueError(f"policy {self.name!r} has no inference option {bad} (its options: {sorted(fields)})")
+            return from_dict(cls, {k: v for k, v in options.items() if v is not None})
+        raise TypeError(f"options must be a {cls.__name__} or a dict, got {type(options).__name__}")
+
+    def inference_mode(self) -> Any:
+        """The grad mode of inference and validation (default: no autograd). A policy that infers
+        by gradient descent (EBT) returns ``torch.enable_grad()``."""
+        return torch.no_grad()
+
+    def reset(self, env_ids: Sequence[int] | None = None) -> None:
+        """Clear the per-episode state of ``env_ids`` (all if None). Stateless policies do nothing."""
+
+    def observe(self, obs: Mapping[str, Any], *, env_ids: Sequence[int]) -> None:
+        """Every environment step's observation ``{key: (B, ...)}`` (only if ``observes_every_step``)."""
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -318,7 +427,12 @@ class Policy(nn.Module):
     def save(self, directory: str | Path) -> Path:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        meta = {"format_version": FORMAT_VERSION, "policy": self.name, "config": self.config.to_dict()}
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "policy": self.name,
+            "module": type(self).__module__,
+            "config": self.config.to_dict(),
+        }
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         _atomic(d / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"policy": self.name}))
         norm = self.normalizer
@@ -343,7 +457,7 @@ class Policy(nn.Module):
             raise ValueError(
                 f"{d} was saved with format {meta['format_version']}, this build reads <= {FORMAT_VERSION}"
             )
-        cls = get_policy_class(meta["policy"])
+        cls = get_policy_class(meta["policy"], meta.get("module"))
         config = from_dict(cls.config_class, meta["config"])
         tensors, metadata = _read_safetensors(d / NORMALIZER_FILE)
         norm = Normalizer.from_state_dict(tensors, metadata)
@@ -376,26 +490,6 @@ def batch_randn(
         return torch.stack(rows).to(device)
     gdev = generator.device if generator is not None else "cpu"
     return torch.randn(shape, generator=generator, device=gdev, dtype=dtype).to(device)
-
-
-def _contract_checked(fn):
-    """Wrap a subclass's ``predict_action_chunk`` in the contract's input and output checks.
-
-    ``functools.wraps`` keeps ``__wrapped__``, so ``inspect.signature`` still shows the policy's
-    own keyword arguments (the eval runner checks them)."""
-
-    @functools.wraps(fn)
-    def predict_action_chunk(self: Policy, obs: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
-        batch_size = self.check_obs(obs)
-        n = kwargs.get("num_samples", 1)
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"num_samples must be an integer >= 1, got {n!r}")
-        out = fn(self, obs, *args, **kwargs)
-        self.check_predicted_actions(out, batch_size, int(n))
-        return out
-
-    predict_action_chunk._checks_contract = True
-    return predict_action_chunk
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -57,8 +57,7 @@ class MLPPolicy(Policy):
         loss = nn.functional.mse_loss(self.net(x).view(target.shape), target)
         return loss, {"loss": float(loss.detach())}
 
-    @torch.no_grad()
-    def predict_action_chunk(self, obs, *, num_samples=1, generator=None, num_inference_steps=None):
+    def _predict(self, obs, *, env_ids, generator, num_samples, options):
         c = self.config
         x = self._features(obs)
         mean = self.net(x).view(x.shape[0], 1, c.horizon, c.action_spec.dim)

@@ -6,7 +6,7 @@ returned; corrupt checkpoint files named."""
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import json
 import re
 import subprocess
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import tests.fixture_policy  # noqa: F401  (registers the test-only policy)
-from robopolicy.eval.runner import check_policy_kwargs
+from robopolicy.inference.output import PolicyOutput
 from robopolicy.policy import NonFiniteActionError, Policy, registered_policies
 from robopolicy.types import ActionSpec, FieldSpec, ObservationSpec
 
@@ -248,11 +248,11 @@ def test_base_snap_discrete_keeps_nonfinite_values():
 
 
 class _RogueMLP(tests.fixture_policy.MLPPolicy):
-    """Overrides predict_action_chunk with no checks of its own; the contract still checks it."""
+    """Its _predict returns garbage with no checks of its own; the contract still checks it."""
 
     mode = "nan"
 
-    def predict_action_chunk(self, obs, *, num_samples=1, generator=None, rogue_kwarg=None):
+    def _predict(self, obs, *, env_ids, generator, num_samples, options):
         c = self.config
         b = len(obs["state"])
         if self.mode == "shape":
@@ -269,25 +269,39 @@ def test_a_subclass_cannot_skip_the_checks():
         policy.predict_action_chunk(obs)
     policy.mode = "shape"
     with pytest.raises(RuntimeError, match=r"shape \(3, 9, 3\), expected \(3, 8, 3\)"):
-        policy.predict_action_chunk(obs)
+        policy.predict(obs)
     obs["state"][0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="'state'"):
         policy.predict_action_chunk(obs)
-    assert "rogue_kwarg" in inspect.signature(policy.predict_action_chunk).parameters
+    for method in ("predict", "predict_action_chunk"):  # overriding the checked entry points is refused
+        with pytest.raises(TypeError, match=f"overrides {method}"):
+            type("Sneaky", (tests.fixture_policy.MLPPolicy,), {method: lambda self, obs, **kw: None})
 
 
 @pytest.mark.parametrize("cls,cfg", CASES)
-def test_predict_keeps_each_policys_own_signature(cls, cfg):
-    """The checks wrap predict_action_chunk without hiding its keyword arguments (the eval
-    runner validates --policy kwargs against them)."""
+def test_inference_options_are_typed(cls, cfg):
+    """Options are the policy's own typed dataclass: known fields pass, an unknown one is refused
+    naming the valid ones (the eval runner checks --sampler etc. this way, before any rollout)."""
     policy = _build(cls, cfg)
-    params = inspect.signature(policy.predict_action_chunk).parameters
-    assert list(params)[0] == "obs" and {"num_samples", "generator"} <= set(params)
-    own = list(params)[-1]
-    assert check_policy_kwargs(policy, {own: 1}) == {own: 1}
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        with pytest.raises(ValueError, match="does not support"):
-            check_policy_kwargs(policy, {"no_such_kwarg": 1})
+    fields = [f.name for f in dataclasses.fields(policy.options_class)]
+    assert isinstance(policy.resolve_options(None), policy.options_class)
+    with pytest.raises(ValueError, match="no inference option \\['no_such_option'\\]"):
+        policy.predict(_obs(cfg), options={"no_such_option": 1})
+    for name in fields:
+        assert policy.resolve_options({name: None}) == policy.options_class()
+
+
+@pytest.mark.parametrize("cls,cfg", CASES)
+def test_predict_returns_a_policy_output_with_checked_env_ids(cls, cfg):
+    policy = _build(cls, cfg)
+    obs = _obs(cfg)
+    out = policy.predict(obs, env_ids=[7, 3, 5], generator=[_gen(i) for i in range(3)])
+    assert isinstance(out, PolicyOutput) and out.actions.shape == (3, cfg.horizon, cfg.action_spec.dim)
+    torch.testing.assert_close(out.actions, policy.predict_action_chunk(obs, generator=[_gen(i) for i in range(3)]))
+    with pytest.raises(ValueError, match="distinct environments"):
+        policy.predict(obs, env_ids=[1, 1, 2])
+    with pytest.raises(ValueError, match="distinct environments"):
+        policy.predict(obs, env_ids=[1, 2])
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "normalizer.safetensors"])

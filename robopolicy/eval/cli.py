@@ -1,7 +1,8 @@
 """``robopolicy eval``: roll a checkpoint out on a simulated benchmark suite.
 
     robopolicy eval --checkpoint runs/lift --suite sim/lift_lowdim.yaml --episodes 50 \\
-        --workers 2 --out reports/lift [--sampler ddim --num-inference-steps 10]
+        --workers 2 --out reports/lift [--sampler ddim --num-inference-steps 10] \\
+        [--inference rti --rti-steps 3 --rti-start-t 10]
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from robopolicy.eval.runner import evaluate
+from robopolicy.inference.options import InferenceOptions
+from robopolicy.inference.rti import RTIConfig
 from robopolicy.outputs import discard, is_report_dir, staging_dir, swap_in
 
 
@@ -45,6 +48,35 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="policy device (default: cuda if present, else cpu)")
     p.add_argument("--sampler", default=None, help="sampler override, if the policy supports it (e.g. ddim)")
     p.add_argument("--num-inference-steps", type=int, default=None, help="denoising steps override, if supported")
+    p.add_argument(
+        "--inference",
+        choices=("native", "rti"),
+        default="native",
+        help="native: the policy's own sampler; rti: Real-Time Iteration warm starts through the denoiser "
+        "view (no retraining; the first chunk of each episode is sampled natively)",
+    )
+    p.add_argument("--rti-steps", type=int, default=3, help="RTI: sampler steps per warm-started chunk (default 3)")
+    p.add_argument(
+        "--rti-start-t",
+        type=float,
+        default=10.0,
+        help="RTI: start level as a training timestep of the model (default 10; see benchmarks/bench_rti.py "
+        "--estimate to measure one)",
+    )
+    p.add_argument("--rti-method", default="ddim", help="RTI: sampler of the warm steps (ddim, ddpm, euler, ...)")
+    p.add_argument(
+        "--rti-gripper",
+        choices=("reset", "keep"),
+        default="reset",
+        help="RTI: reset the guess's gripper to +-value (any checkpoint) or keep it (gripper-scaled training)",
+    )
+    p.add_argument("--rti-gripper-value", type=float, default=1.0, help="RTI: gripper magnitude of the guess")
+    p.add_argument(
+        "--n-action-steps",
+        type=int,
+        default=None,
+        help="actions executed per chunk (default: the policy's Ta; 1 replans every step)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
     return p
@@ -64,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
     from robopolicy.envs.availability import require_sim
 
     require_sim("eval")
+    inference_options(args)  # bad option values are refused before anything runs
     out = Path(args.out)
     check_report_dir(out)
     # replacing an earlier report: evaluate into a hidden sibling, swap it in only when complete
@@ -92,6 +125,19 @@ def _relocate(report: dict[str, Any], staged: Path, out: Path) -> dict[str, Any]
     return report
 
 
+def inference_options(args: argparse.Namespace) -> InferenceOptions:
+    """The typed inference options of the command line."""
+    rti = RTIConfig(
+        steps=args.rti_steps,
+        start_t=args.rti_start_t,
+        method=args.rti_method,
+        gripper=args.rti_gripper,
+        gripper_value=args.rti_gripper_value,
+    )
+    policy = {"sampler": args.sampler, "num_inference_steps": args.num_inference_steps}
+    return InferenceOptions(method=args.inference, policy=policy, rti=rti, n_action_steps=args.n_action_steps)
+
+
 def _evaluate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return evaluate(
         args.checkpoint,
@@ -102,7 +148,7 @@ def _evaluate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         out=str(out),
         n_videos=args.videos,
         progress=not args.no_progress,
-        policy_kwargs={"sampler": args.sampler, "num_inference_steps": args.num_inference_steps},
+        inference=inference_options(args),
         device=args.device,
         video_camera=args.video_camera,
         grid=args.grid,

@@ -21,7 +21,9 @@ def build_report(
     settings: dict[str, Any],
     grid_video: str | None = None,
 ) -> dict[str, Any]:
-    """The report dict: success statistics first, then episode lengths, latency, timing, episodes."""
+    """The report dict: success statistics first, then episode lengths, latency, network
+    evaluations per env step (``nfe_per_step``: all episodes' NFE over all their steps), timing,
+    episodes."""
     lengths = [e["length"] for e in episodes]
     ok_lengths = [e["length"] for e in episodes if e["success"]]
     steps = int(sum(lengths))
@@ -34,6 +36,7 @@ def build_report(
         "mean_length": float(sum(lengths) / len(lengths)),
         "mean_length_success": float(sum(ok_lengths) / len(ok_lengths)) if ok_lengths else None,
         "latency_ms": latency_ms,
+        "nfe_per_step": sum(e.get("nfe", 0) for e in episodes) / max(steps, 1),
         "mean_batch": mean_batch,
         "env_steps": steps,
         "env_steps_per_s": steps / max(rollout_time_s, 1e-9),
@@ -58,7 +61,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"- mean episode length: {report['mean_length']:.1f} steps"
         + (f" ({report['mean_length_success']:.1f} in successes)" if report["mean_length_success"] else ""),
         f"- inference latency per chunk: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms "
-        f"(batch of {report['mean_batch']:.1f} envs on average)",
+        f"(batch of {report['mean_batch']:.1f} envs on average); "
+        f"{report['nfe_per_step']:.2f} network evaluations per env step",
+        f"- inference: `{json.dumps(report['settings'].get('inference', {}))}`",
         f"- {report['env_steps']} env steps at {report['env_steps_per_s']:.1f} steps/s; wall time {report['wall_time_s']:.1f} s",
         f"- seeds {report['per_episode'][0]['seed']}–{report['per_episode'][-1]['seed']}, "
         f"workers {report['settings']['workers']}, max_steps {report['suite_config']['max_steps']}",

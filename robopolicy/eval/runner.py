@@ -16,7 +16,6 @@ are recorded even beyond ``n_videos``).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import time
 from collections import deque
 from pathlib import Path
@@ -26,10 +25,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from robopolicy.control.executor import ChunkExecutor
 from robopolicy.envs.robosuite_env import validate_video_camera
 from robopolicy.eval.metrics import percentiles, success_summary
 from robopolicy.eval.suite import Suite, load_suite
 from robopolicy.eval.vec_env import SubprocVecEnv
+from robopolicy.inference.options import InferenceOptions
 from robopolicy.policy import CONFIG_FILE, Policy
 
 GRID_FILE = "grid.mp4"
@@ -47,20 +48,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if (p / name / CONFIG_FILE).is_file():
             return p / name
     raise FileNotFoundError(f"{p} is neither a policy directory ({CONFIG_FILE}) nor a run directory (best/ or latest/)")
-
-
-def check_policy_kwargs(policy: Policy, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Keep only set values; ValueError if ``predict_action_chunk`` does not take one of them."""
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    params = inspect.signature(policy.predict_action_chunk).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return kwargs
-    bad = sorted(set(kwargs) - set(params))
-    if bad:
-        raise ValueError(
-            f"policy {policy.name!r} does not support {bad} (its predict_action_chunk takes {list(params)})"
-        )
-    return kwargs
 
 
 def check_compatible(policy: Policy, suite: Suite, shapes: dict[str, tuple]) -> None:
@@ -81,12 +68,18 @@ def check_compatible(policy: Policy, suite: Suite, shapes: dict[str, tuple]) -> 
 
 @dataclasses.dataclass
 class _Slot:
-    """The episode a worker is running and its observation history."""
+    """The episode a worker is running."""
 
     index: int
     seed: int
-    history: deque
-    length: int = 0
+    generator: torch.Generator
+    nfe: int = 0
+
+
+def episode_generator(seed: int, device: Any = "cpu") -> torch.Generator:
+    """The policy's noise for the episode with env seed ``seed``: its own stream, so results do
+    not depend on the worker count or on which episodes share a batch."""
+    return torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + 0x5EED)
 
 
 @dataclasses.dataclass
@@ -97,16 +90,18 @@ class _Rollouts:
 
 
 def _run_episodes(
+    actor: Any,
     policy: Policy,
     vec: SubprocVecEnv,
     seeds: list[int],
     video_paths: dict[int, Path],
-    policy_kwargs: dict[str, Any],
-    generator: torch.Generator,
+    options: Any,
+    n_action_steps: int | None,
     progress: bool,
 ) -> _Rollouts:
-    timing = policy.config.timing
+    """Roll out every seed: each worker id is an environment id for the actor's per-episode state."""
     keys = policy.config.obs_spec.keys
+    executor = ChunkExecutor(policy.config.timing, keys, n_action_steps)
     queue = deque(range(len(seeds)))
     slots: dict[int, _Slot] = {}
     results: dict[int, dict[str, Any]] = {}
@@ -117,30 +112,36 @@ def _run_episodes(
         calls = []
         for w in workers[: len(queue)]:
             i = queue.popleft()
-            slots[w] = _Slot(i, seeds[i], deque(maxlen=timing.n_obs_steps))
+            slots[w] = _Slot(i, seeds[i], episode_generator(seeds[i], policy.device))
             video = video_paths.get(i)
             calls.append((w, "reset", (seeds[i], str(video) if video else None)))
-        for (w, _, _), obs in zip(calls, vec.call(calls)):
-            frame = {k: obs[k] for k in keys}
-            slots[w].history.extend([frame] * timing.n_obs_steps)
         if calls:
-            policy.reset(env_ids=[w for w, _, _ in calls])
+            actor.reset(env_ids=[w for w, _, _ in calls])
+        for (w, _, _), obs in zip(calls, vec.call(calls)):
+            executor.start(w, obs)
 
     start(list(range(vec.n)))
     while slots:
-        active = sorted(slots)
-        obs = {k: np.stack([np.stack([f[k] for f in slots[w].history]) for w in active]) for k in keys}
+        active = executor.needing_chunk()
+        obs = executor.batch_obs(active)
         t0 = time.perf_counter()
-        chunk = policy.predict_action_chunk(obs, generator=generator, **policy_kwargs)
-        actions = chunk[:, timing.executed].detach().float().cpu().numpy()
+        out = actor.predict(obs, env_ids=active, generator=[slots[w].generator for w in active], options=options)
+        chunks = out.actions.detach().float().cpu().numpy()
         lat.append((time.perf_counter() - t0) * 1000.0)
         sizes.append(len(active))
-        replies = vec.call([(w, "run", actions[j]) for j, w in enumerate(active)])
+        nfe = out.info.get("nfe")
+        for j, w in enumerate(active):
+            executor.set_chunk(w, chunks[j])
+            if nfe is not None:
+                slots[w].nfe += int(nfe[j]) if torch.is_tensor(nfe) and nfe.ndim else int(nfe)
+        replies = vec.call([(w, "run", executor.take(w)) for w in active])
         finished = []
         for w, rep in zip(active, replies):
             slot = slots[w]
-            slot.history.extend({k: o[k] for k in keys} for o in rep["obs"])
-            slot.length = rep["t"]
+            for o in rep["obs"]:
+                executor.observe(w, o)
+                if actor.observes_every_step:
+                    actor.observe({k: np.asarray(o[k])[None] for k in keys}, env_ids=[w])
             if rep["done"]:
                 results[slot.index] = {
                     "episode": slot.index,
@@ -148,9 +149,11 @@ def _run_episodes(
                     "success": bool(rep["success"]),
                     "length": int(rep["t"]),
                     "reward": float(rep["reward"]),
+                    "nfe": slot.nfe,
                     "video": rep["video"],
                 }
                 del slots[w]
+                executor.end(w)
                 finished.append(w)
                 bar.update(1)
         start(finished)
@@ -171,6 +174,7 @@ def evaluate(
     device: str | torch.device | None = None,
     video_camera: str = "agentview",
     grid: int | None = None,
+    inference: InferenceOptions | None = None,
 ) -> dict[str, Any]:
     """Roll out a policy (object, policy dir or run dir) on a suite; returns the report dict
     (also ``out/report.json``, ``out/report.md`` and ``out/videos/*.mp4`` when ``out`` is set).
@@ -178,6 +182,11 @@ def evaluate(
     ``video_camera`` names the camera of the videos (one of the task's cameras; checked before
     anything starts). ``grid``: how many of the first episodes go into the labelled grid video
     ``out/videos/grid.mp4`` (None: ``n_videos``; 0: no grid).
+
+    ``inference`` chooses how the policy runs (its own sampler with typed options, or RTI);
+    ``policy_kwargs`` is shorthand for ``InferenceOptions(policy=policy_kwargs)``. Bad options
+    are refused before any simulator starts. Each episode's noise comes from its own generator
+    (seeded by its env seed), so per-episode results do not depend on ``workers``.
     """
     from robopolicy.eval.report import build_report, write_report
     from robopolicy.eval.video import GridTile, write_grid_mp4
@@ -196,7 +205,12 @@ def evaluate(
     n = int(episodes if episodes is not None else suite.episodes)
     if n < 1 or workers < 1 or n_videos < 0:
         raise ValueError(f"episodes and workers must be >= 1 and n_videos >= 0 (got {n}, {workers}, {n_videos})")
-    kwargs = check_policy_kwargs(policy, dict(policy_kwargs or {}))
+    if inference is None:
+        inference = InferenceOptions(policy=dict(policy_kwargs or {}))
+    elif policy_kwargs:
+        inference = dataclasses.replace(inference, policy={**inference.policy, **policy_kwargs})
+    actor = inference.build(policy)  # refuses unknown options now, not after the rollouts
+    options = policy.resolve_options(inference.policy)
     seeds = [suite.seed_start + seed_offset + i for i in range(n)]
     n_grid = min(n_grid, n) if out else 0
     videos = (
@@ -206,14 +220,13 @@ def evaluate(
     )
     was_training = policy.training
     policy.eval()
-    generator = torch.Generator(device=policy.device).manual_seed(suite.seed_start + seed_offset)
     t0 = time.perf_counter()
     try:
         vec_env = SubprocVecEnv(min(workers, n), suite.env_kwargs(), video_camera=video_camera)
-        with vec_env as vec, torch.no_grad():
+        with vec_env as vec:
             check_compatible(policy, suite, vec.observation_shapes)
             t_start = time.perf_counter()
-            roll = _run_episodes(policy, vec, seeds, videos, kwargs, generator, progress)
+            roll = _run_episodes(actor, policy, vec, seeds, videos, options, inference.n_action_steps, progress)
             rollout_s = time.perf_counter() - t_start
     finally:
         policy.train(was_training)
@@ -239,7 +252,7 @@ def evaluate(
         settings={
             "workers": min(workers, n),
             "seed_offset": seed_offset,
-            "policy_kwargs": kwargs,
+            "inference": inference.to_dict(),
             "timing": dataclasses.asdict(policy.config.timing),
             "video_camera": video_camera,
             "grid": n_grid,

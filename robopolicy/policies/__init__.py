@@ -1,3 +1,2 @@
-"""Built-in policies. Importing this package registers them."""
-
-from robopolicy.policies import diffusion  # noqa: F401
+"""Built-in policies, one package each. Importing this package registers none of them: the
+registry (:mod:`robopolicy.policy`) imports only the module of the policy it is asked for."""

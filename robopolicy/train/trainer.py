@@ -202,7 +202,6 @@ class Trainer:
         out.update({k: float(v) for k, v in (metrics or {}).items() if k != "loss"})
         return out
 
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Mean ``compute_loss`` of the deployed weights over ``config.val_batches`` batches."""
         if self.val_loader is None or self.config.val_batches == 0:
@@ -216,7 +215,7 @@ class Trainer:
             for i, batch in enumerate(self.val_loader):
                 if i >= self.config.val_batches:
                     break
-                with self.acc.autocast():
+                with self.acc.autocast(), policy.inference_mode():  # the policy owns its grad mode
                     loss, _ = policy.compute_loss(_to_device(batch, self.acc.device))
                 losses.append(float(loss))
         finally:

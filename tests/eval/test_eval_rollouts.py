@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from robopolicy.eval.runner import _run_episodes, check_policy_kwargs, evaluate, resolve_checkpoint
+from robopolicy.eval.runner import _run_episodes, evaluate, resolve_checkpoint
+from robopolicy.inference.output import PolicyOutput
 from robopolicy.types import ChunkTiming
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
@@ -47,57 +48,76 @@ class FakeVec:
         return out
 
 
-class RecordingPolicy:
-    """Chunk row h = [h, newest obs t, ...]; records the obs it was given."""
+class StatefulPolicy:
+    """A stateful test policy keyed by environment id: chunk row h = [h, calls so far in this
+    env's episode, the episode's seed as first seen by this env]. It records what it was given."""
+
+    observes_every_step = False
+    device = torch.device("cpu")
 
     def __init__(self) -> None:
         self.config = SimpleNamespace(
             timing=ChunkTiming(horizon=8, n_obs_steps=2, n_action_steps=3),
             obs_spec=SimpleNamespace(keys=["x"]),
         )
-        self.seen = []
-        self.resets = []
+        self.seen, self.ids, self.resets = [], [], []
+        self.calls: dict[int, int] = {}
+        self.episode_seed: dict[int, float] = {}
 
-    def predict_action_chunk(self, obs, generator=None):
+    def predict(self, obs, *, env_ids, generator=None, options=None):
         self.seen.append(obs["x"].copy())
+        self.ids.append(list(env_ids))
         b = obs["x"].shape[0]
         chunk = torch.zeros(b, 8, 7)
         chunk[:, :, 0] = torch.arange(8).float()
-        chunk[:, :, 1] = torch.as_tensor(obs["x"][:, -1, 1]).float()[:, None]
-        return chunk
+        for j, e in enumerate(env_ids):
+            self.episode_seed.setdefault(e, float(obs["x"][j, -1, 0]))
+            chunk[j, :, 1] = self.calls.get(e, 0)
+            chunk[j, :, 2] = self.episode_seed[e]
+            self.calls[e] = self.calls.get(e, 0) + 1
+        return PolicyOutput(chunk, {"nfe": torch.full((b,), 5)})
 
     def reset(self, env_ids=None):
-        self.resets.append(env_ids)
+        self.resets.append(list(env_ids))
+        for e in env_ids:
+            self.calls.pop(e, None)
+            self.episode_seed.pop(e, None)
 
 
-def test_rollout_loop_semantics():
-    vec, policy = FakeVec(2), RecordingPolicy()
-    seeds = [100, 101, 102]
-    roll = _run_episodes(policy, vec, seeds, {}, {}, torch.Generator(), progress=False)
+def test_rollout_loop_semantics_and_rows_follow_their_environments():
+    vec, policy = FakeVec(2), StatefulPolicy()
+    seeds = [100, 101, 102, 103, 104]
+    roll = _run_episodes(policy, policy, vec, seeds, {}, None, None, progress=False)
     # first call: both envs, history = the reset frame repeated To=2 times
-    assert policy.seen[0].shape == (2, 2, 2)
+    assert policy.seen[0].shape == (2, 2, 2) and policy.ids[0] == [0, 1]
     np.testing.assert_array_equal(policy.seen[0][0], [[100, 0], [100, 0]])
     # executed slice [To-1, To-1+Ta) = chunk rows 1, 2, 3
     assert [a[0] for a in vec.received[:3]] == [1.0, 2.0, 3.0]
     # second call: history holds the last two obs (t = 2, 3)
     np.testing.assert_array_equal(policy.seen[1][0], [[100, 2], [100, 3]])
+    # every row's obs comes from the environment its env id names, while the batch shrinks and refills
+    for obs, ids in zip(policy.seen, policy.ids):
+        assert len(set(obs[:, -1, 0])) == len(ids)
+    # each env's actions carry its own call count (0, 1, 2, ... per episode) and its episode's seed
+    per_seed = {}
+    for a in vec.received:
+        per_seed.setdefault(a[2], []).append(a[1])
+    for seed, counts in per_seed.items():
+        assert counts == [c // 3 for c in range(len(counts))], (seed, counts)
     eps = roll.episodes
     assert [e["seed"] for e in eps] == seeds
-    assert [e["success"] for e in eps] == [True, False, True]
-    assert [e["length"] for e in eps] == [10, 12, 10]
-    assert policy.resets[0] == [0, 1] and len(policy.resets) == 2  # third episode started on a freed worker
+    assert [e["success"] for e in eps] == [True, False, True, False, True]
+    assert [e["length"] for e in eps] == [10, 12, 10, 12, 10]
+    assert [e["nfe"] for e in eps] == [5 * 4, 5 * 4, 5 * 4, 5 * 4, 5 * 4]  # ceil(length / Ta) chunks of 5 NFE
+    assert policy.resets == [[0, 1], [0, 1], [0]]  # later episodes start on freed workers
     assert max(roll.batch_sizes) == 2 and roll.batch_sizes[-1] == 1
 
 
-def test_resolve_checkpoint_and_kwargs(tmp_path):
+def test_resolve_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a policy directory"):
         resolve_checkpoint(tmp_path)
     with pytest.raises(FileNotFoundError):
         resolve_checkpoint(tmp_path / "nope")
-    policy = SimpleNamespace(name="p", predict_action_chunk=lambda obs, *, num_samples=1, generator=None: None)
-    assert check_policy_kwargs(policy, {"sampler": None}) == {}
-    with pytest.raises(ValueError, match="does not support \\['sampler'\\]"):
-        check_policy_kwargs(policy, {"sampler": "ddim"})
 
 
 @pytest.fixture(scope="module")

@@ -67,4 +67,4 @@ def test_diffusion_checkpoint_evaluates_with_sampler_override(store, tmp_path):
         policy_kwargs={"sampler": "ddim", "num_inference_steps": 2},
     )
     assert report["episodes"] == 1 and report["per_episode"][0]["length"] == 8
-    assert report["settings"]["policy_kwargs"] == {"sampler": "ddim", "num_inference_steps": 2}
+    assert report["settings"]["inference"]["policy"] == {"sampler": "ddim", "num_inference_steps": 2}

@@ -11,6 +11,7 @@ import dataclasses
 import enum
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from robopolicy.config import apply_overrides, from_dict, load_yaml
 from robopolicy.diffusion.schedulers import NoiseScheduleConfig
@@ -29,18 +30,40 @@ class Backbone(str, enum.Enum):
 
 
 class Sampler(str, enum.Enum):
-    """Inference-time sampler."""
+    """Inference-time sampler (all run on the denoiser view)."""
 
     DDPM = "ddpm"
-    """diffusers DDPMScheduler (stochastic), usually 100 steps."""
+    """Ancestral DDPM (stochastic; equals diffusers' DDPMScheduler), usually 100 steps."""
     DDIM = "ddim"
-    """diffusers DDIMScheduler, eta 0 (deterministic), e.g. 10 or 16 steps."""
+    """DDIM, eta 0 (deterministic; equals diffusers' DDIMScheduler), e.g. 10 or 16 steps."""
     EULER = "euler"
     """Euler on the denoiser view (deterministic)."""
     HEUN = "heun"
     """Heun (2nd order) on the denoiser view (deterministic, 2 model calls per step)."""
     DPMPP_2M = "dpmpp_2m"
     """DPM-Solver++(2M) on the denoiser view (deterministic)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionInferenceOptions:
+    """Inference options of Diffusion Policy (``robopolicy eval --sampler ddpm --num-inference-steps 100``).
+    ``None`` means the config's value."""
+
+    sampler: Sampler | None = None
+    num_inference_steps: int | None = None
+    noise: Any = None
+    """Initial standard normal noise (B, N, H, Da) or (B, H, Da) instead of drawing it (tests, GPC)."""
+
+    def __post_init__(self) -> None:
+        if self.sampler is not None:
+            try:
+                object.__setattr__(self, "sampler", Sampler(self.sampler))
+            except ValueError:
+                raise ValueError(
+                    f"unknown sampler {self.sampler!r}; choose from {[m.value for m in Sampler]}"
+                ) from None
+        if self.num_inference_steps is not None and self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,10 +4,13 @@ Shapes (B batch, To obs steps, H horizon, Da action dim, N samples, D obs featur
 
     batch["obs"][key]  (B, To, ...) env units       batch["action"]  (B, H, Da) env units
     obs features       (B, To, D)                    U-Net cond: (B, To * D); transformer: To tokens
-    predict_action_chunk(obs) -> (B, H, Da) or (B, N, H, Da) env units
+    predict(obs).actions -> (B, H, Da) or (B, N, H, Da) env units
 
-Samplers: ``ddpm`` / ``ddim`` run through diffusers' schedulers; ``euler`` / ``heun`` /
-``dpmpp_2m`` run on :meth:`DiffusionPolicy.denoiser_view` with the same initial noise.
+Training uses diffusers' DDPM scheduler (noise schedule, ``add_noise``, v targets). Every
+sampler (``ddpm`` ancestral, ``ddim``, ``euler``, ``heun``, ``dpmpp_2m``) runs on
+:meth:`DiffusionPolicy.denoiser_view` through ``sample_chunk``; DDPM and DDIM there equal
+diffusers' schedulers for the same noise (tested), so RTI, GPC and the controller see exactly
+what the policy samples.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ from einops import rearrange
 from torch import nn
 
 from robopolicy.data.normalizer import Normalizer
-from robopolicy.diffusion.samplers import sample
-from robopolicy.diffusion.schedulers import make_ddim, make_ddpm
+from robopolicy.diffusion.samplers import sample_chunk
+from robopolicy.diffusion.schedulers import make_ddpm
 from robopolicy.diffusion.view import PredictionType, VPDenoiserView, repeat_cond
+from robopolicy.inference.output import PolicyOutput
 from robopolicy.nn.obs_encoders import MultiModalObsEncoder
 from robopolicy.nn.transformer import TransformerForDiffusion
 from robopolicy.nn.unet1d import ConditionalUnet1D
-from robopolicy.policies.diffusion.config import Backbone, DiffusionConfig, Sampler
+from robopolicy.policies.diffusion.config import Backbone, DiffusionConfig, DiffusionInferenceOptions, Sampler
 from robopolicy.policy import Policy, register_policy
 from robopolicy.types import ActionSpec, ObservationSpec
 
@@ -89,6 +93,7 @@ class DiffusionPolicy(Policy):
     """Diffusion Policy with a U-Net or transformer backbone (``config.backbone``)."""
 
     config_class = DiffusionConfig
+    options_class = DiffusionInferenceOptions
     config: DiffusionConfig
 
     def __init__(self, config: DiffusionConfig, normalizer: Normalizer | None = None) -> None:
@@ -133,61 +138,62 @@ class DiffusionPolicy(Policy):
 
     # ------------------------------------------------------------------ inference
     def denoiser_view(self) -> VPDenoiserView:
-        """The contract view: encode / denoise(x, sigma, cond) / sigmas / to_action."""
-        return VPDenoiserView(
-            self.model,
-            self.encode_obs,
-            self.unnormalize_action,
-            (self.config.horizon, self.config.action_spec.dim),
-            self.config.noise_schedule,
-        )
+        """The contract view (built once, stateless): encode / denoise / sigmas / from_action / to_action."""
+        view = self.__dict__.get("_view")
+        if view is None:
+            view = VPDenoiserView(
+                self.model,
+                self.encode_obs,
+                self.unnormalize_action,
+                (self.config.horizon, self.config.action_spec.dim),
+                self.config.noise_schedule,
+                from_action_fn=lambda a: self.normalizer.normalize("action", a),
+                snap_fn=lambda a: snap_discrete(a, self.config.action_spec),
+            )
+            self.__dict__["_view"] = view
+        return view
 
     def unnormalize_action(self, x0: torch.Tensor) -> torch.Tensor:
-        """Normalized (..., Da) -> env units, discrete dims snapped to low/high."""
-        return snap_discrete(self.normalizer.unnormalize("action", x0), self.config.action_spec)
+        """Normalized (..., Da) -> env units (affine; no snapping)."""
+        return self.normalizer.unnormalize("action", x0)
 
-    @torch.no_grad()
-    def predict_action_chunk(
+    @property
+    def x0_clip(self) -> float | None:
+        """Clamp of each x0 estimate (Diffusion Policy's ``clip_sample``), for every sampler."""
+        return 1.0 if self.config.clip_sample else None
+
+    def _predict(
         self,
         obs: Mapping[str, Any],
         *,
-        num_samples: int = 1,
-        generator: Generators = None,
-        noise: torch.Tensor | None = None,
-        num_inference_steps: int | None = None,
-        sampler: Sampler | str | None = None,
-    ) -> torch.Tensor:
-        """Sample action chunks in env units: (B, H, Da), or (B, N, H, Da) when ``num_samples > 1``.
+        env_ids: list[int],
+        generator: Generators,
+        num_samples: int,
+        options: DiffusionInferenceOptions,
+    ) -> PolicyOutput:
+        """Chunks in env units through the denoiser view: (B, H, Da), or (B, N, H, Da).
 
-        ``noise``: optional initial noise, standard normal, (B, N, H, Da) or (B, H, Da). Without
-        it the noise of element b is drawn sample by sample from ``generator`` (one generator,
-        or a list of B generators, diffusers-style: then element b uses only ``generator[b]``,
-        so a batch equals single calls with the same seeds, for every sampler incl. DDPM).
+        ``options.noise``: initial standard normal noise (B, N, H, Da) or (B, H, Da). Without it
+        row b's noise is drawn sample by sample from ``generator`` (one, or a list of B: then row
+        b uses only ``generator[b]``, initial and DDPM step noise alike, so a batch equals single
+        calls with the same seeds). Every sampler, DDPM and DDIM included, runs on the view.
         """
         cfg = self.config
-        method = Sampler(sampler if sampler is not None else cfg.sampler)
-        steps = int(num_inference_steps or cfg.num_inference_steps)
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        cond = self.encode_obs(obs)
+        method = Sampler(options.sampler if options.sampler is not None else cfg.sampler)
+        steps = int(options.num_inference_steps or cfg.num_inference_steps)
+        view = self.denoiser_view()
+        cond = view.encode(obs)
         b, n = cond.shape[0], num_samples
         gens = _row_generators(generator, b, n)
-        x = self._initial_noise(noise, gens, b, n)
-        cond = repeat_cond(cond, n)
-        if method is Sampler.DDPM or method is Sampler.DDIM:
-            x0 = self._run_scheduler(method, x, cond, steps, gens)
-        else:
-            view = self.denoiser_view()
-            sigmas = view.sigmas(steps)
-            x0 = sample(view, cond, view.noise_to_x(x, sigmas[0]), sigmas, method.value, self._x0_clip)
-        actions = self.unnormalize_action(x0)
-        if n == 1:
-            return actions
-        return rearrange(actions, "(b n) h d -> b n h d", b=b)
-
-    @property
-    def _x0_clip(self) -> float | None:
-        return 1.0 if self.config.clip_sample else None
+        x = self._initial_noise(options.noise, gens, b, n)
+        x0 = sample_chunk(
+            view, repeat_cond(cond, n), noise=x, method=method.value, steps=steps, generator=gens, x0_clip=self.x0_clip
+        )
+        actions = view.to_action(x0, snap=True)
+        nfe = 2 * steps - 1 if method is Sampler.HEUN else steps
+        if n > 1:
+            actions = rearrange(actions, "(b n) h d -> b n h d", b=b)
+        return PolicyOutput(actions, {"nfe": torch.full((b,), n * nfe, dtype=torch.int64)})
 
     def _initial_noise(self, noise: torch.Tensor | None, gens: list | None, b: int, n: int) -> torch.Tensor:
         shape = (self.config.horizon, self.config.action_spec.dim)
@@ -202,18 +208,6 @@ class DiffusionPolicy(Policy):
             return torch.randn((b * n, *shape), device=self.device)
         rows = [torch.randn(shape, generator=g, device=g.device) for g in gens]
         return torch.stack(rows).to(self.device)
-
-    def _run_scheduler(
-        self, method: Sampler, x: torch.Tensor, cond: torch.Tensor, steps: int, gens: list | None
-    ) -> torch.Tensor:
-        ddpm = method is Sampler.DDPM
-        scheduler = make_ddpm(self.config.noise_schedule) if ddpm else make_ddim(self.config.noise_schedule)
-        scheduler.set_timesteps(steps)
-        for t in scheduler.timesteps:
-            out = self.model(x, t.to(x.device), cond)
-            kwargs = {"generator": gens} if ddpm and gens is not None else {}
-            x = scheduler.step(out, t, x, **kwargs).prev_sample
-        return x
 
     def optim_groups(self, weight_decay: float, obs_encoder_weight_decay: float = 1e-6) -> list[dict]:
         """AdamW parameter groups as in DP: the transformer decays only Linear / attention
