@@ -32,6 +32,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from robopolicy.diffusion.samplers import SamplerMethod, sample_chunk
@@ -194,3 +195,75 @@ class RTI:
 def _rows(obs: Mapping[str, Any], rows: list[int]) -> dict[str, Any]:
     """The batch rows ``rows`` of an observation mapping."""
     return {k: v[rows] if torch.is_tensor(v) else v[rows] for k, v in obs.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class StartLevelEstimate:
+    """What :func:`estimate_start_level` measured."""
+
+    shift_error_rms: float
+    """RMS over held-out windows of (shifted previous chunk - next cold chunk), normalized units."""
+    shift_error_p90: float
+    sigma_start: float
+    start_t: float
+    windows: int
+    contraction: float
+    """Product over the warm schedule's steps of the ideal single-mode denoiser's Lipschitz factor
+    (< 1: the warm steps shrink the guess's error)."""
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+@torch.no_grad()
+def estimate_start_level(
+    policy: Any,
+    windows: Sequence[Mapping[str, Any]],
+    next_windows: Sequence[Mapping[str, Any]],
+    *,
+    steps: int = 3,
+    shift: int | None = None,
+    quantile: float = 0.9,
+    generator_seed: int = 0,
+) -> StartLevelEstimate:
+    """Start level for RTI from held-out data and the contractivity condition.
+
+    For pairs of held-out observation windows one control step apart (``windows[i]`` and
+    ``next_windows[i]``, ``{key: (To, ...)}`` env units), the policy samples both chunks cold;
+    the first is shifted as RTI shifts it. The warm start must absorb the difference between
+    that guess and the next chunk, so the start level is the noise level whose std covers it:
+    ``sigma_start = quantile(|guess - x*|)`` (per element, normalized units), clipped to the
+    trained range. ``contraction`` reports ``prod_k sqrt(a_k) (1 - a_{k-1}) / (1 - a_k)`` over the
+    resulting warm schedule (the ideal single-mode denoiser's factor from the notes; < 1 means
+    the few steps contract the guess's error toward the denoiser's fixed point).
+    """
+    rti = RTI(policy, RTIConfig(steps=steps, shift=shift, sigma_start=policy.denoiser_view().sigma_max))
+    view = rti.view
+    errs = []
+    for i, (w0, w1) in enumerate(zip(windows, next_windows)):
+        seed = generator_seed + i  # the same noise for both: the difference is the observations' doing
+        a0 = policy.predict({k: np.asarray(v)[None] for k, v in w0.items()}, generator=_gen(seed)).actions
+        a1 = policy.predict({k: np.asarray(v)[None] for k, v in w1.items()}, generator=_gen(seed)).actions
+        guess = rti.shifted_guess(view.from_action(a0)[0])
+        errs.append((guess - view.from_action(a1)[0]).abs().flatten())
+    if not errs:
+        raise ValueError("estimate_start_level needs at least one pair of windows")
+    e = torch.cat(errs).double()
+    sigma = float(torch.quantile(e, quantile).clamp(view.sigma_min, view.sigma_max))
+    t = float(view.sigma_to_t(torch.tensor([sigma], dtype=torch.float64))[0])
+    sig = view.sigmas(steps, sigma)[:-1]  # the warm schedule's levels (the final step to 0 is excluded:
+    a = 1.0 / (1.0 + sig**2)  # the ideal denoiser maps everything to its mean there, factor 0)
+    a_t, a_next = a[:-1], a[1:]
+    factor = (a_t / a_next).sqrt() * (1 - a_next) / (1 - a_t).clamp_min(1e-12)
+    return StartLevelEstimate(
+        shift_error_rms=float(e.pow(2).mean().sqrt()),
+        shift_error_p90=float(torch.quantile(e, 0.9)),
+        sigma_start=sigma,
+        start_t=t,
+        windows=len(errs),
+        contraction=float(factor.prod()),
+    )
+
+
+def _gen(seed: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed)]
