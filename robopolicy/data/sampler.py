@@ -78,6 +78,22 @@ def _is_lazy(key: str, arr: object) -> bool:
     return kind_of_key(key) is FieldKind.IMAGE or len(getattr(arr, "shape", ())) >= 4
 
 
+def _hold_fields(
+    data: EpisodeStore | Mapping[str, np.ndarray], keys: Sequence[str], episode_ends: np.ndarray, cache_images: bool
+) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """Low-dim fields read into memory once; image fields kept as lazy zarr arrays (unless cached)."""
+    n_steps = int(episode_ends[-1]) if len(episode_ends) else 0
+    memory: dict[str, np.ndarray] = {}
+    lazy: dict[str, object] = {}
+    for k in keys:
+        arr = data[k]
+        if _is_lazy(k, arr) and not cache_images:
+            lazy[k] = arr
+        else:
+            memory[k] = np.asarray(arr[:n_steps])
+    return memory, lazy
+
+
 class SequenceSampler:
     """Windows ``{key: (horizon, *shape)}`` (or ``(k, *shape)`` for ``key_first_k`` keys).
 
@@ -129,16 +145,8 @@ class SequenceSampler:
         if bad:
             raise ValueError(f"key_first_k values must be in [1, horizon={horizon}], got {bad}")
         self.indices = create_indices(self.episode_ends, self.horizon, self.episode_mask, pad_before, pad_after)
-        n_steps = int(self.episode_ends[-1]) if len(self.episode_ends) else 0
         self._data = data
-        self._memory: dict[str, np.ndarray] = {}
-        self._lazy: dict[str, object] = {}
-        for k in self.keys:
-            arr = data[k]
-            if _is_lazy(k, arr) and not cache_images:
-                self._lazy[k] = arr
-            else:
-                self._memory[k] = np.asarray(arr[:n_steps])
+        self._memory, self._lazy = _hold_fields(data, self.keys, self.episode_ends, cache_images)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -220,16 +228,8 @@ class WindowSampler:
         self.windows = np.concatenate(rows) if rows else np.zeros((0, 2), dtype=np.int64)
         self.offsets = {k: np.asarray(v, dtype=np.int64) for k, v in windows.obs_offsets.items()}
         self.offsets[windows.action_key] = np.asarray(windows.action_offsets, dtype=np.int64)
-        n_steps = int(self.episode_ends[-1]) if len(self.episode_ends) else 0
         self._data = data
-        self._memory: dict[str, np.ndarray] = {}
-        self._lazy: dict[str, object] = {}
-        for k in windows.keys:
-            arr = data[k]
-            if _is_lazy(k, arr) and not cache_images:
-                self._lazy[k] = arr
-            else:
-                self._memory[k] = np.asarray(arr[:n_steps])
+        self._memory, self._lazy = _hold_fields(data, windows.keys, self.episode_ends, cache_images)
 
     def __len__(self) -> int:
         return len(self.windows)

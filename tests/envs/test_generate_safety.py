@@ -12,8 +12,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,28 +20,9 @@ import pytest
 
 from robopolicy.data.store import EpisodeStore
 from robopolicy.envs.generate import GenerateReport
+from tests.cli_subprocess import cli, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def cli(*argv: str, **kw) -> subprocess.Popen:
-    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "robopolicy.cli", *argv],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        **kw,
-    )
-
-
-def run_cli(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    p = cli(*argv)
-    out, err = p.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
 def tree_digest(path: Path) -> dict[str, str]:

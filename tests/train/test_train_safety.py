@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,13 +14,10 @@ import numpy as np
 from policy_fixture import make_store
 
 from robopolicy.data.store import EpisodeStore
+from tests.cli_subprocess import cli as _cli
+from tests.cli_subprocess import run_cli as _run_cli
 
 REPO = Path(__file__).resolve().parents[2]
-# `robopolicy ...` with the test-only policy "test_mlp" registered
-PRELUDE = (
-    "import sys; sys.path.insert(0, 'tests/train'); import policy_fixture; "
-    "from robopolicy.cli import main; sys.exit(main(sys.argv[1:]))"
-)
 CONFIG = (
     "policy_name: test_mlp\npolicy: {horizon: 8, n_obs_steps: 2, n_action_steps: 4, hidden: 16}\n"
     "obs_keys: [state]\nbatch_size: 8\nnum_steps: {steps}\ncheckpoint_every: {steps}\nlog_every: 5\n"
@@ -30,23 +25,12 @@ CONFIG = (
 )
 
 
-def cli(*argv: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-c", PRELUDE, *argv],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+def cli(*argv: str):
+    return _cli(*argv, with_test_policies=True)
 
 
-def run_cli(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    p = cli(*argv)
-    out, err = p.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+def run_cli(*argv: str, timeout: float = 300):
+    return _run_cli(*argv, timeout=timeout, with_test_policies=True)
 
 
 def config(tmp_path: Path, steps: int) -> Path:
