@@ -162,7 +162,7 @@ def cmd_latency(args) -> dict:
         print(name, res[name])
     # DDIM-10 before the view rework: diffusers' DDIMScheduler loop on the same network and noise
     view = policy.denoiser_view()
-    sched = make_ddim(policy.config.noise_schedule)
+    sched = make_ddim(policy.config.noise)
 
     def ddim_diffusers():
         cond = view.encode(obs)

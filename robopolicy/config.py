@@ -2,6 +2,12 @@
 
 No ``_target_`` strings and no code in YAML: a config file is data that fills a dataclass,
 and every unknown key or badly typed value is a ``ValueError`` naming the key.
+
+* Parts chosen by a tag (a backbone: U-Net or transformer) are a :class:`TaggedConfig` family:
+  registered types, written as ``{kind: unet, down_dims: [...]}``.
+* A dataclass may define a classmethod ``migrate_dict(data) -> data`` that rewrites an older
+  layout of its dict into the current one; :func:`from_dict` applies it first.
+* :func:`merge_dicts` lays one config dict over another section by section (presets + overrides).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -43,6 +49,86 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {str(k): to_dict(v) for k, v in obj.items()}
     return obj
+
+
+class TaggedConfig:
+    """Base of a family of frozen-dataclass configs chosen by a ``kind`` tag (registered types,
+    never a boolean flag).
+
+    A family root subclasses this and names itself (``family = "backbone"``); each member is a
+    frozen dataclass registered with ``@Root.register("unet")``. In data a member is a mapping
+    holding its tag, ``{kind: unet, down_dims: [...]}``; a field of another member is refused by
+    name (``backbone.n_layer is not a field of the unet backbone (its fields: [...])``).
+    """
+
+    family: ClassVar[str] = ""
+    """Name of the family in messages (set on the root)."""
+    kind: ClassVar[str] = ""
+    """The member's tag (set by :meth:`register`)."""
+    kinds: ClassVar[dict[str, type]] = {}
+    """Registered members of the family, by tag (one table per root)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "family" in cls.__dict__:
+            cls.kinds = {}
+
+    @classmethod
+    def register(cls, kind: str):
+        """Class decorator: ``@BackboneConfig.register("unet")`` on a frozen dataclass member."""
+
+        def wrap(member: type[T]) -> type[T]:
+            if not (isinstance(member, type) and issubclass(member, cls) and dataclasses.is_dataclass(member)):
+                raise TypeError(
+                    f"@{cls.__name__}.register({kind!r}) must decorate a dataclass subclass of {cls.__name__}"
+                )
+            if cls.kinds.get(kind, member) is not member:
+                raise ValueError(f"{cls.family} kind {kind!r} is already registered by {cls.kinds[kind].__qualname__}")
+            member.kind = kind
+            cls.kinds[kind] = member
+            return member
+
+        return wrap
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "") -> TaggedConfig:
+        """The member named by ``data["kind"]`` (a member class may leave the tag out)."""
+        where = where or cls.family
+        registered = sorted(k for k, m in cls.kinds.items() if issubclass(m, cls))
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{where}: expected a mapping with a kind (one of {registered}), got {data!r}")
+        kind = data.get("kind", cls.kind or None)
+        if kind is None:
+            raise ValueError(f"{where}.kind is missing: one of {registered}")
+        member = cls.kinds.get(kind)
+        if member is None or not issubclass(member, cls):
+            raise ValueError(f"{where}.kind: {kind!r} is not a registered {cls.family} (registered: {registered})")
+        names = sorted(f.name for f in dataclasses.fields(member) if f.init)
+        for key in data:
+            if key != "kind" and key not in names:
+                raise ValueError(f"{where}.{key} is not a field of the {kind} {cls.family} (its fields: {names})")
+        return from_dict(member, {k: v for k, v in data.items() if k != "kind"}, where)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **{f.name: to_dict(getattr(self, f.name)) for f in dataclasses.fields(self)}}
+
+
+def merge_dicts(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` laid on ``base`` section by section: nested mappings merge key by key, except a
+    section whose ``kind`` changes, which ``over`` replaces whole (its fields belong to another
+    type). Neither input is modified."""
+    out = dict(base)
+    for key, value in over.items():
+        old = out.get(key)
+        if (
+            isinstance(old, Mapping)
+            and isinstance(value, Mapping)
+            and value.get("kind", old.get("kind")) == old.get("kind")
+        ):
+            out[key] = merge_dicts(old, value)
+        else:
+            out[key] = value
+    return out
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
@@ -76,6 +162,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         vt = args[1] if len(args) == 2 else Any
         return {k: _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(tp, type):
+        if issubclass(tp, TaggedConfig):
+            return value if isinstance(value, tp) else tp.from_dict(value, where)
         if hasattr(tp, "from_dict") and isinstance(value, Mapping):
             return tp.from_dict(value)
         if dataclasses.is_dataclass(tp):
@@ -115,9 +203,15 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys and bad values raise ValueError."""
+    """Build dataclass ``cls`` from ``data``; unknown keys and bad values raise ValueError.
+
+    ``cls.migrate_dict`` (if defined) first upgrades an older layout of ``data``. A ValueError
+    of the constructor (``__post_init__``) is prefixed with ``where``, the path of this part."""
     if not isinstance(data, Mapping):
         raise ValueError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    migrate = getattr(cls, "migrate_dict", None)
+    if migrate is not None:
+        data = migrate(data)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
@@ -128,6 +222,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
         return cls(**kwargs)
     except TypeError as e:
         raise ValueError(f"{where or cls.__name__}: {e}") from None
+    except ValueError as e:
+        if not where or str(e).startswith(where):
+            raise
+        raise ValueError(f"{where}: {e}") from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -52,7 +52,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from robopolicy.config import from_dict, to_dict
-from robopolicy.data.normalizer import Normalizer, NormMode
+from robopolicy.data.normalizer import ACTION_KEY, Normalizer, NormMode, normalization_modes
 from robopolicy.data.windows import DataWindows
 from robopolicy.inference.output import PolicyOutput
 from robopolicy.types import ActionSpec, ChunkTiming, FieldKind, ObservationSpec
@@ -81,11 +81,21 @@ class PolicyConfig:
     """To: observation frames the policy conditions on (the newest is index To-1)."""
     n_action_steps: int = 8
     """Ta: actions executed per chunk, starting at index To-1."""
+    normalization: dict[str, NormMode] = dataclasses.field(default_factory=dict)
+    """Normalization mode per key, e.g. ``{state: gaussian, action: limits}``; a key not named
+    gets the default: ``limits`` for low-dim obs and actions, ``image`` for images."""
+    discrete_action_scale: float = 1.0
+    """Discrete action dims (grippers) are not fitted but multiplied by this in the normalized
+    coordinate (1: left as they are; 0.1: RTI's scaled-gripper training, +-1 stored as +-0.1)."""
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {self.horizon}")
         ChunkTiming(self.horizon, self.n_obs_steps, self.n_action_steps)  # validates
+        normalization_modes(self.normalization, self.obs_spec)  # names a bad key or mode
+        object.__setattr__(self, "normalization", {k: NormMode(m) for k, m in self.normalization.items()})
+        if not (np.isfinite(self.discrete_action_scale) and self.discrete_action_scale > 0):
+            raise ValueError(f"discrete_action_scale must be finite and > 0, got {self.discrete_action_scale}")
 
     @property
     def timing(self) -> ChunkTiming:
@@ -287,25 +297,30 @@ class Policy(nn.Module):
         return torch.device("cpu")
 
     def fit_normalizer(self, fields: Mapping[str, np.ndarray]) -> Normalizer:
-        """Default normalization: low-dim obs and actions to [-1, 1] by limits (discrete action
-        dims left alone), images uint8 -> [-1, 1]. ``fields`` holds whole store arrays."""
+        """Fit the normalizer on whole store arrays ``fields`` (``{key: (N, ...)}`` and ``action``).
+
+        Modes per key from ``config.normalization`` (default: limits for low-dim obs and actions,
+        image -- uint8 to [-1, 1] -- for images). Discrete action dims (grippers) are not fitted:
+        they are multiplied by ``config.discrete_action_scale`` (1: left as they are)."""
+        cfg = self.config
+        modes = normalization_modes(cfg.normalization, cfg.obs_spec)
         norm = Normalizer()
-        for f in self.config.obs_spec.fields:
+        for f in cfg.obs_spec.fields:
             if f.kind is FieldKind.IMAGE:
                 norm.set_image(f.key)
-            else:
-                if f.key not in fields:
-                    raise KeyError(f"dataset has no field {f.key!r} needed by the policy's observation spec")
-                norm.fit(f.key, np.asarray(fields[f.key]).reshape(len(fields[f.key]), -1), NormMode.LIMITS)
-        if "action" not in fields:
-            raise KeyError("dataset has no field 'action'")
-        action = np.asarray(fields["action"])
-        if action.shape[-1] != self.config.action_spec.dim:
+                continue
+            if f.key not in fields:
+                raise KeyError(f"dataset has no field {f.key!r} needed by the policy's observation spec")
+            norm.fit(f.key, np.asarray(fields[f.key]).reshape(len(fields[f.key]), -1), modes[f.key])
+        if ACTION_KEY not in fields:
+            raise KeyError(f"dataset has no field {ACTION_KEY!r}")
+        action = np.asarray(fields[ACTION_KEY])
+        if action.shape[-1] != cfg.action_spec.dim:
             raise ValueError(
-                f"dataset 'action' has {action.shape[-1]} dims, action spec has {self.config.action_spec.dim}"
+                f"dataset {ACTION_KEY!r} has {action.shape[-1]} dims, action spec has {cfg.action_spec.dim}"
             )
-        keep = [i for i, d in enumerate(self.config.action_spec.discrete) if d]
-        norm.fit("action", action, NormMode.LIMITS, keep_dims=keep)
+        keep = [i for i, d in enumerate(cfg.action_spec.discrete) if d]
+        norm.fit(ACTION_KEY, action, modes[ACTION_KEY], keep_dims=keep, keep_scale=cfg.discrete_action_scale)
         self.normalizer = norm
         return norm
 

@@ -44,8 +44,8 @@ def test_short_lift_run_loss_falls(lift_store, tmp_path):
             "lr=1e-3",
             "log_every=10",
             "checkpoint_every=400",
-            "policy.down_dims=[32,64]",
-            "policy.diffusion_step_embed_dim=32",
+            "policy.backbone.down_dims=[32,64]",
+            "policy.backbone.diffusion_step_embed_dim=32",
             "num_threads=1",
         ],
     )
@@ -73,11 +73,11 @@ def test_image_preset_learns_on_cpu(tmp_path):
             "checkpoint_every=120",
             "val_ratio=0",
             "num_threads=1",
-            "policy.image_width=8",
-            "policy.image_feature_dim=16",
-            "policy.num_kp=8",
-            "policy.down_dims=[32,64]",
-            "policy.diffusion_step_embed_dim=32",
+            "policy.obs_encoder.image_width=8",
+            "policy.obs_encoder.image_feature_dim=16",
+            "policy.obs_encoder.num_kp=8",
+            "policy.backbone.down_dims=[32,64]",
+            "policy.backbone.diffusion_step_embed_dim=32",
         ],
     )
     summary = train(cfg, store, tmp_path / "run", progress=False)

@@ -8,7 +8,12 @@ Modes:
 * ``identity`` : no change (e.g. already in [-1, 1], or quaternions).
 * ``image``    : uint8 [0, 255] -> [-1, 1] (fixed, no fitting).
 
-Dims listed in ``keep_dims`` (e.g. discrete gripper dims) are left unchanged.
+Dims listed in ``keep_dims`` (e.g. discrete gripper dims) are not fitted: they are multiplied by
+``keep_scale`` (1: left unchanged; RTI's scaled-gripper training stores +-1 as +-0.1), with no
+offset, so ``unnormalize`` gives back +-1 (and 0) exactly.
+A policy chooses the mode per key (:func:`normalization_modes`: limits for low-dim obs and
+actions, image for images, unless its config says otherwise).
+
 Stats are plain tensors; ``state_dict`` / ``load_state_dict`` give a flat ``{"key/stat": tensor}``
 mapping for safetensors. Missing keys raise, never pass silently.
 """
@@ -17,10 +22,13 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+
+from robopolicy.types import FieldKind, ObservationSpec
 
 EPS = 1e-4
 _STATS = ("scale", "offset", "min", "max", "mean", "std")
@@ -33,7 +41,33 @@ class NormMode(str, enum.Enum):
     IMAGE = "image"
 
 
-def _fit_one(x: np.ndarray, mode: NormMode, keep_dims: Sequence[int]) -> dict[str, np.ndarray]:
+ACTION_KEY = "action"
+"""The normalizer key of the actions."""
+
+
+def normalization_modes(requested: Mapping[str, NormMode | str], obs_spec: ObservationSpec) -> dict[str, NormMode]:
+    """The mode of every key a policy normalizes: ``requested`` (a config's ``normalization``,
+    e.g. ``{state: gaussian}``) over the defaults, ``limits`` for low-dim observations and
+    ``action``, ``image`` for images. ValueError naming a key the policy does not have, or a mode
+    its kind cannot take (images take only ``image``; the other keys anything but ``image``)."""
+    defaults = {f.key: NormMode.IMAGE if f.kind is FieldKind.IMAGE else NormMode.LIMITS for f in obs_spec.fields}
+    defaults[ACTION_KEY] = NormMode.LIMITS
+    modes = dict(defaults)
+    for key, value in requested.items():
+        if key not in defaults:
+            raise ValueError(f"normalization.{key}: not a key of this policy (its keys: {sorted(defaults)})")
+        try:
+            mode = NormMode(value)
+        except ValueError:
+            raise ValueError(f"normalization.{key}: {value!r} is not one of {[m.value for m in NormMode]}") from None
+        if (mode is NormMode.IMAGE) != (defaults[key] is NormMode.IMAGE):
+            allowed = ["image"] if defaults[key] is NormMode.IMAGE else ["limits", "gaussian", "identity"]
+            raise ValueError(f"normalization.{key}: {mode.value!r} does not apply to this key (it takes {allowed})")
+        modes[key] = mode
+    return modes
+
+
+def _fit_one(x: np.ndarray, mode: NormMode, keep_dims: Sequence[int], keep_scale: float) -> dict[str, np.ndarray]:
     x = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
     if x.shape[0] == 0:
         raise ValueError("cannot fit a normalizer on zero samples")
@@ -54,7 +88,7 @@ def _fit_one(x: np.ndarray, mode: NormMode, keep_dims: Sequence[int]) -> dict[st
     for i in keep_dims:
         if not 0 <= i < d:
             raise ValueError(f"keep_dims index {i} out of range for {d} dims")
-        scale[i], offset[i] = 1.0, 0.0
+        scale[i], offset[i] = keep_scale, 0.0
     return {"scale": scale, "offset": offset, "min": lo, "max": hi, "mean": mean, "std": std}
 
 
@@ -72,15 +106,20 @@ class Normalizer:
         data: np.ndarray,
         mode: NormMode | str = NormMode.LIMITS,
         keep_dims: Sequence[int] = (),
+        keep_scale: float = 1.0,
     ) -> Normalizer:
+        """Fit ``key`` on ``data`` (N, D) (or (N,)) by ``mode``; ``keep_dims`` are not fitted but
+        multiplied by ``keep_scale`` (> 0)."""
         mode = NormMode(mode)
+        if not (math.isfinite(keep_scale) and keep_scale > 0):
+            raise ValueError(f"keep_scale must be finite and > 0, got {keep_scale}")
         if mode is NormMode.IMAGE:
             self.set_image(key)
             return self
         data = np.asarray(data)
         if data.ndim == 1:
             data = data[:, None]
-        stats = _fit_one(data, mode, keep_dims)
+        stats = _fit_one(data, mode, keep_dims, keep_scale)
         self.modes[key] = mode
         self.stats[key] = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in stats.items()}
         return self

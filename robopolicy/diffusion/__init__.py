@@ -1,11 +1,19 @@
 """Noise schedules, the common denoiser view (contract) and deterministic samplers."""
 
-from robopolicy.diffusion.samplers import SamplerMethod, karras_sigmas, randn_rows, sample, sample_chunk
-from robopolicy.diffusion.schedulers import NoiseScheduleConfig, make_ddim, make_ddpm
-from robopolicy.diffusion.view import DenoiserView, PredictionType, VPDenoiserView, repeat_cond
+from robopolicy.diffusion.samplers import (
+    InferenceDefaults,
+    SamplerMethod,
+    karras_sigmas,
+    randn_rows,
+    sample,
+    sample_chunk,
+)
+from robopolicy.diffusion.schedulers import NoiseScheduleConfig, PredictionType, make_ddim, make_ddpm
+from robopolicy.diffusion.view import DenoiserView, VPDenoiserView, repeat_cond
 
 __all__ = [
     "DenoiserView",
+    "InferenceDefaults",
     "NoiseScheduleConfig",
     "PredictionType",
     "SamplerMethod",

@@ -19,6 +19,7 @@ DDIM on a VP view equals diffusers' DDIM; Euler / Heun / DPM-Solver++ use the cl
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from typing import Any
@@ -45,11 +46,38 @@ def randn_rows(shape: tuple[int, ...], generator: Generators, device: Any = "cpu
 
 
 class SamplerMethod(str, enum.Enum):
+    """A sampler on the denoiser view."""
+
     DDPM = "ddpm"
+    """Ancestral DDPM (stochastic; equals diffusers' DDPMScheduler), usually 100 steps."""
     DDIM = "ddim"
+    """DDIM, eta 0 (deterministic; equals diffusers' DDIMScheduler), e.g. 10 or 16 steps."""
     EULER = "euler"
+    """Euler on the denoiser view (deterministic)."""
     HEUN = "heun"
+    """Heun (2nd order) on the denoiser view (deterministic, 2 model calls per step)."""
     DPMPP_2M = "dpmpp_2m"
+    """DPM-Solver++(2M) on the denoiser view (deterministic)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceDefaults:
+    """A denoising policy's default sampling (``inference:`` in its config); a call's inference
+    options override them."""
+
+    sampler: SamplerMethod = SamplerMethod.DDPM
+    """Default sampler of ``predict``."""
+    num_inference_steps: int = 100
+    """Default denoising steps (100 for DDPM, e.g. 10 or 16 for DDIM)."""
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "sampler", SamplerMethod(self.sampler))
+        except ValueError:
+            valid = [m.value for m in SamplerMethod]
+            raise ValueError(f"sampler must be one of {valid}, got {self.sampler!r}") from None
+        if self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
 
 
 def _clip(x0: torch.Tensor, c: float | None) -> torch.Tensor:

@@ -28,14 +28,13 @@ view may serve several threads.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from einops import repeat
 
-from robopolicy.diffusion.schedulers import NoiseScheduleConfig, make_ddim
+from robopolicy.diffusion.schedulers import NoiseScheduleConfig, PredictionType, make_ddim
 
 
 @runtime_checkable
@@ -72,14 +71,6 @@ def batch_sigma(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def per_row(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """(B,) -> (B, 1, ..., 1) broadcastable against ``x`` (B, ...), in x's dtype."""
     return v.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
-
-
-class PredictionType(str, enum.Enum):
-    """What a variance-preserving network predicts."""
-
-    EPSILON = "epsilon"
-    SAMPLE = "sample"
-    V_PREDICTION = "v_prediction"
 
 
 # model_fn(x_vp (B, H, Da), t (B,) float, cond) -> network output (B, H, Da)

@@ -1,4 +1,5 @@
-"""Reusable network blocks: 1-D U-Net, diffusion transformer, observation encoders."""
+"""Reusable network blocks: 1-D U-Net, diffusion transformer, observation encoders (their
+configs, for policies to hold as parts: :mod:`robopolicy.nn.configs`)."""
 
 from robopolicy.nn.embeddings import SinusoidalPosEmb
 from robopolicy.nn.obs_encoders import CropTransform, ImageEncoder, MultiModalObsEncoder, ResNet18Trunk, SpatialSoftmax

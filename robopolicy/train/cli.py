@@ -1,7 +1,7 @@
 """``robopolicy train``: train a policy on an episode store.
 
     robopolicy train --config configs/train/lift_lowdim_small.yaml --data datasets/lift.zarr \\
-        --out runs/lift [--resume] [batch_size=128 policy.num_inference_steps=10 ...]
+        --out runs/lift [--resume] [batch_size=128 policy.inference.num_inference_steps=10 ...]
 
 Multi-GPU / multi-node: ``accelerate launch -m robopolicy.cli train ...`` (same arguments).
 """
@@ -26,7 +26,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "train",
         help="train a policy on a Zarr episode store",
         description="Train a policy. Overrides are dotted keys of the train config, e.g. "
-        "batch_size=128 num_steps=2000 ema.power=0.75 policy.horizon=16.",
+        "batch_size=128 num_steps=2000 ema.power=0.75 policy.horizon=16 policy.backbone.down_dims=[64,128,256].",
     )
     p.add_argument("--config", help="train preset YAML (configs/train/*.yaml); on --resume defaults to the run's")
     p.add_argument("--data", help="episode store (Zarr); on --resume defaults to the run's")

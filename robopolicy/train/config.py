@@ -1,8 +1,10 @@
 """Typed training configuration: one frozen dataclass filled from ``configs/train/*.yaml``.
 
 A train YAML holds the trainer fields plus the policy's own fields (``policy_preset``: a
-``configs/policies/*.yaml`` file, merged under the inline ``policy: {...}`` mapping). The
-policy's ``obs_spec`` / ``action_spec`` are never written by hand: they come from the dataset.
+``configs/policies/*.yaml`` file, merged under the inline ``policy: {...}`` mapping part by part,
+so ``policy.backbone.down_dims=[32,64]`` changes that field alone; a part whose ``kind`` changes
+is replaced whole). The policy's ``obs_spec`` / ``action_spec`` are never written by hand: they
+come from the dataset.
 Every unknown key is a ``ValueError`` naming it; ``dotted.key=value`` overrides apply first.
 """
 
@@ -14,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from robopolicy.config import apply_overrides, from_dict, load_yaml, resolve_path, to_dict
+from robopolicy.config import apply_overrides, from_dict, load_yaml, merge_dicts, resolve_path, to_dict
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("no", "bf16", "fp16")
@@ -52,7 +54,7 @@ class TrainConfig:
     """Path to a ``configs/policies/*.yaml`` file of policy-specific fields (relative paths are
     tried against the working directory, then the repository root)."""
     policy: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """Inline policy-specific fields; they override the preset's."""
+    """Inline policy-specific fields; they override the preset's, part by part."""
     obs_keys: tuple[str, ...] = ("state",)
     """Store fields the policy reads, in order (e.g. ``["eef_pos", "image.agentview"]``)."""
     action_key: str = "action"
@@ -133,7 +135,8 @@ class TrainConfig:
             raise ValueError("eval_every > 0 needs eval_suite (a sim/*.yaml file)")
 
     def policy_fields(self) -> dict[str, Any]:
-        """The policy-specific fields: the preset file's, overridden by the inline ``policy``."""
+        """The policy-specific fields: the preset file's, overridden by the inline ``policy`` (nested
+        parts merge key by key; a part whose ``kind`` changes is replaced whole)."""
         fields: dict[str, Any] = {}
         if self.policy_preset:
             preset = load_yaml(resolve_path(self.policy_preset))
@@ -141,7 +144,7 @@ class TrainConfig:
             if name != self.policy_name:
                 raise ValueError(f"{self.policy_preset} is a preset for policy {name!r}, not {self.policy_name!r}")
             fields.update(preset)
-        fields.update(self.policy)
+        fields = merge_dicts(fields, self.policy)
         for reserved in ("obs_spec", "action_spec"):
             if reserved in fields:
                 raise ValueError(f"policy fields must not set {reserved!r}: it is built from the dataset")

@@ -39,7 +39,7 @@ def obs(b: int, seed: int = 0) -> dict:
 def test_a_warm_start_from_the_top_of_the_schedule_is_the_cold_sampler(backbone):
     policy = make_policy(backbone)
     view = policy.denoiser_view()
-    n = policy.config.num_inference_steps
+    n = policy.config.inference.num_inference_steps
     top = float(view.sigmas(n)[0])
     rti = RTI(policy, RTIConfig(steps=n, sigma_start=top, shift=0, gripper=GripperMode.KEEP))
     noise = torch.randn(2, *view.action_shape, generator=torch.Generator().manual_seed(3))
@@ -57,7 +57,7 @@ def test_warm_starts_are_per_environment_and_reset_clears_them(backbone):
     rti = RTI(policy, RTIConfig(steps=2, start_t=15))
     gens = lambda: [torch.Generator().manual_seed(s) for s in (0, 1)]  # noqa: E731
     first = rti.predict(obs(2), env_ids=[4, 9], generator=gens())
-    cold_nfe = policy.config.num_inference_steps
+    cold_nfe = policy.config.inference.num_inference_steps
     assert not first.info["warm"].any() and first.info["nfe"].tolist() == [cold_nfe, cold_nfe]
     second = rti.predict(obs(2, 1), env_ids=[4, 9], generator=gens())
     assert second.info["warm"].all() and second.info["nfe"].tolist() == [2, 2]
@@ -133,7 +133,7 @@ def test_the_runner_runs_rti_and_counts_network_evaluations():
     opts = InferenceOptions(method="rti", rti=RTIConfig(steps=2, start_t=12))
     actor = opts.build(policy)
     roll = _run_episodes(actor, policy, FakeVec(), [1, 2, 3], {}, policy.resolve_options(opts.policy), None, False)
-    cold = policy.config.num_inference_steps
+    cold = policy.config.inference.num_inference_steps
     assert [e["nfe"] for e in roll.episodes] == [cold + 2 + 2] * 3
 
 

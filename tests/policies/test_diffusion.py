@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from robopolicy.config import to_dict
-from robopolicy.diffusion import DenoiserView, sample
-from robopolicy.policies.diffusion import Backbone, DiffusionConfig, DiffusionPolicy, Sampler
+from robopolicy.config import from_dict, to_dict
+from robopolicy.data.normalizer import NormMode
+from robopolicy.diffusion import DenoiserView, InferenceDefaults, NoiseScheduleConfig, sample
+from robopolicy.nn.configs import ObsEncoderConfig, TransformerConfig, UnetConfig
+from robopolicy.policies.diffusion import DiffusionConfig, DiffusionPolicy, Sampler
 from robopolicy.policies.diffusion.model import snap_discrete
 from robopolicy.policy import NonFiniteActionError, Policy, get_policy_class
 from robopolicy.types import ActionSpec, FieldKind, FieldSpec, ObservationSpec
@@ -18,15 +22,16 @@ from robopolicy.types import ActionSpec, FieldKind, FieldSpec, ObservationSpec
 OBS = ObservationSpec((FieldSpec("state", (2,)),))
 ACT = ActionSpec(("x", "y"), (-1.0, -1.0), (1.0, 1.0))
 H, TO, C = 8, 2, 0.5
+ROOT = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_policy(backbone: str = "unet", obs=OBS, act=ACT, **kw) -> DiffusionPolicy:
-    cfg = DiffusionPolicy.tiny_configs(obs, act)[backbone]
+def make_policy(variant: str = "unet", obs=OBS, act=ACT, **kw) -> DiffusionPolicy:
+    cfg = DiffusionPolicy.tiny_configs(obs, act)[variant]
     if kw:
-        cfg = DiffusionConfig(**{**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, **kw})
+        cfg = dataclasses.replace(cfg, **kw)
     policy = DiffusionPolicy(cfg)
     fields = {"state": np.random.default_rng(0).uniform(-1, 1, (64, 2))}
     fields["action"] = np.concatenate([np.full((1, act.dim), -1.0), np.full((1, act.dim), 1.0), np.zeros((4, act.dim))])
@@ -47,10 +52,20 @@ def bimodal_batch(gen: torch.Generator, b: int) -> dict:
 @pytest.mark.parametrize(
     "backbone, kw, lr, samplers",
     [
-        ("unet", dict(down_dims=(16, 32), diffusion_step_embed_dim=16), 3e-3, ("ddpm", "ddim")),
+        (
+            "unet",
+            dict(backbone=UnetConfig(down_dims=(16, 32), kernel_size=3, diffusion_step_embed_dim=16)),
+            3e-3,
+            ("ddpm", "ddim"),
+        ),
         # DP-T's causal masks make mode agreement across a chunk slower to learn; the masks
         # themselves are tested in tests/nn. Non-causal keeps this test short.
-        ("transformer", dict(n_layer=2, n_emb=64, n_head=4, causal_attn=False), 1e-3, ("ddpm",)),
+        (
+            "transformer",
+            dict(backbone=TransformerConfig(n_layer=2, n_emb=64, n_head=4, p_drop_attn=0.0, causal_attn=False)),
+            1e-3,
+            ("ddpm",),
+        ),
     ],
 )
 def test_learns_both_modes_not_their_mean(backbone, kw, lr, samplers):
@@ -178,22 +193,85 @@ def test_a_nan_gripper_is_not_snapped_to_a_valid_looking_limit():
 
 
 def test_config_validation_names_the_bad_value():
-    with pytest.raises(ValueError, match="horizon must be a multiple of 4.*got 10"):
+    with pytest.raises(ValueError, match="backbone: horizon must be a multiple of 4.*got 10"):
         DiffusionConfig(OBS, ACT, horizon=10, n_action_steps=4)
-    DiffusionConfig(OBS, ACT, horizon=10, n_action_steps=4, backbone=Backbone.TRANSFORMER)  # any horizon
-    with pytest.raises(ValueError, match="backbone must be one of .*'resnet'"):
-        DiffusionConfig(OBS, ACT, backbone="resnet")
+    DiffusionConfig(OBS, ACT, horizon=10, n_action_steps=4, backbone=TransformerConfig())  # any horizon
+    with pytest.raises(ValueError, match="backbone.kind: 'resnet' is not a registered backbone.*'transformer', 'unet'"):
+        from_dict(DiffusionConfig, {"obs_spec": OBS, "action_spec": ACT, "backbone": {"kind": "resnet"}})
+    with pytest.raises(TypeError, match="backbone must be a BackboneConfig, got 'transformer'"):
+        DiffusionConfig(OBS, ACT, backbone="transformer")
     with pytest.raises(ValueError, match="n_groups=8"):
-        DiffusionConfig(OBS, ACT, down_dims=(12, 24))
-    with pytest.raises(ValueError, match="num_inference_steps.*got 200"):
-        DiffusionConfig(OBS, ACT, num_inference_steps=200)
+        DiffusionConfig(OBS, ACT, backbone=UnetConfig(down_dims=(12, 24)))
+    with pytest.raises(ValueError, match="inference.num_inference_steps.*got 200"):
+        DiffusionConfig(OBS, ACT, inference=InferenceDefaults(num_inference_steps=200))
     with pytest.raises(ValueError, match="n_head=3"):
-        DiffusionConfig(OBS, ACT, backbone="transformer", n_head=3)
+        DiffusionConfig(OBS, ACT, backbone=TransformerConfig(n_head=3))
     img = ObservationSpec((FieldSpec("image.cam", (84, 84, 3), FieldKind.IMAGE),))
-    with pytest.raises(ValueError, match="crop_shape .*'image.cam'"):
-        DiffusionConfig(img, ACT, crop_shape=(90, 90))
-    cfg = DiffusionConfig(OBS, ACT, sampler="ddim", num_inference_steps=10)
-    assert cfg.sampler is Sampler.DDIM
+    with pytest.raises(ValueError, match="obs_encoder: crop_shape .*'image.cam'"):
+        DiffusionConfig(img, ACT, obs_encoder=ObsEncoderConfig(crop_shape=(90, 90)))
+    with pytest.raises(ValueError, match="noise.prediction_type.*'eps'"):
+        from_dict(DiffusionConfig, {"obs_spec": OBS, "action_spec": ACT, "noise": {"prediction_type": "eps"}})
+    cfg = from_dict(DiffusionConfig, {"obs_spec": OBS, "action_spec": ACT, "inference": {"sampler": "ddim"}})
+    assert cfg.inference.sampler is Sampler.DDIM
+
+
+def _config_dict(**parts) -> dict:
+    return {"obs_spec": OBS, "action_spec": ACT, **parts}
+
+
+@pytest.mark.parametrize(
+    "backbone, bad",
+    [({"kind": "unet", "down_dims": [16, 32]}, "n_layer"), ({"kind": "transformer", "n_layer": 2}, "down_dims")],
+)
+def test_a_field_of_the_backbone_not_chosen_is_refused_by_name(backbone, bad):
+    kind = backbone["kind"]
+    with pytest.raises(ValueError, match=rf"backbone\.{bad} is not a field of the {kind} backbone \(its fields: "):
+        from_dict(DiffusionConfig, _config_dict(backbone={**backbone, bad: 4}))
+
+
+def test_preset_overrides_change_one_field_of_a_part_and_a_kind_switch_replaces_the_part():
+    path = ROOT / "configs/policies/diffusion_unet_lowdim_small.yaml"
+    cfg = DiffusionConfig.from_preset(path, OBS, ACT, overrides=["backbone.down_dims=[16,32]"])
+    assert cfg.backbone == UnetConfig(down_dims=(16, 32), kernel_size=5, n_groups=8, diffusion_step_embed_dim=128)
+    assert to_dict(cfg)["backbone"]["kind"] == "unet"
+    with pytest.raises(ValueError, match=r"backbone\.n_layer is not a field of the unet backbone"):
+        DiffusionConfig.from_preset(path, OBS, ACT, overrides=["backbone.n_layer=2"])
+    cfg = DiffusionConfig.from_preset(path, OBS, ACT, overrides=["backbone.kind=transformer", "backbone.n_layer=2"])
+    assert cfg.backbone == TransformerConfig(n_layer=2)
+
+
+def _flat_format_1(config: DiffusionConfig) -> dict:
+    """A config as the flat (format 1) code wrote it: every field at top level, both backbones."""
+    flat = {"obs_spec": config.obs_spec, "action_spec": config.action_spec}
+    flat.update(horizon=config.horizon, n_obs_steps=config.n_obs_steps, n_action_steps=config.n_action_steps)
+    flat["backbone"] = config.backbone.kind
+    flat.update(to_dict(UnetConfig()) | to_dict(TransformerConfig()))
+    flat.update(to_dict(config.backbone), **to_dict(config.obs_encoder), **to_dict(config.noise))
+    flat.update(to_dict(config.inference))
+    del flat["kind"]
+    return flat
+
+
+@pytest.mark.parametrize("backbone", ["unet", "transformer"])
+def test_a_flat_format_1_config_loads_into_the_same_parts(backbone):
+    img = ObservationSpec((FieldSpec("state", (2,)), FieldSpec("image.cam", (16, 16, 3), FieldKind.IMAGE)))
+    config = DiffusionPolicy.tiny_configs(img, ACT)[backbone]
+    flat = _flat_format_1(config)
+    assert {"down_dims", "n_emb", "image_width", "num_train_timesteps", "sampler"} <= set(flat)
+    assert from_dict(DiffusionConfig, flat) == config
+    assert from_dict(DiffusionConfig, to_dict(config) | {"obs_spec": img, "action_spec": ACT}) == config
+    with pytest.raises(ValueError, match="down_dims is a flat \\(old\\) key.*backbone.down_dims"):
+        from_dict(DiffusionConfig, _config_dict(backbone={"kind": "unet"}, down_dims=[16, 32]))
+
+
+def test_the_golden_format_1_checkpoint_migrates_to_the_config_that_made_it():
+    golden = Path(__file__).resolve().parents[1] / "golden"
+    meta = json.loads((golden / "dp_unet_tiny" / "config.json").read_text())
+    assert meta["format_version"] == 1 and meta["config"]["backbone"] == "unet" and "down_dims" in meta["config"]
+    config = Policy.load(golden / "dp_unet_tiny").config
+    obs, act = config.obs_spec, config.action_spec
+    assert config == DiffusionPolicy.tiny_configs(obs, act)["unet"]  # as tests/golden/make_golden.py built it
+    assert config.backbone == UnetConfig(down_dims=(16, 32), kernel_size=3, n_groups=8, diffusion_step_embed_dim=16)
 
 
 def test_save_load_round_trip_and_registry(tmp_path):
@@ -206,12 +284,12 @@ def test_save_load_round_trip_and_registry(tmp_path):
     loaded = Policy.load(policy.save(tmp_path / "ckpt"))
     assert isinstance(loaded, DiffusionPolicy) and loaded.config == policy.config
     torch.testing.assert_close(loaded.predict_action_chunk(obs, noise=noise), before)
-    assert to_dict(loaded.config)["backbone"] == "unet"
+    assert to_dict(loaded.config)["backbone"]["kind"] == "unet"
     groups = loaded.optim_groups(1e-3)
     assert sum(len(g["params"]) for g in groups) == len(list(loaded.parameters()))
 
 
-PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "policies").glob("diffusion_*.yaml"))
+PRESETS = sorted((ROOT / "configs" / "policies").glob("diffusion_*.yaml"))
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
@@ -221,13 +299,63 @@ def test_presets_load_with_dataset_specs(path):
         FieldSpec("image.wrist", (84, 84, 3), FieldKind.IMAGE),
     )
     obs = ObservationSpec((FieldSpec("state", (9,)), *(cams if "image" in path.stem else ())))
-    cfg = DiffusionConfig.from_preset(path, obs, ACT, overrides=["num_inference_steps=16"])
-    assert cfg.num_inference_steps == 16 and cfg.action_spec == ACT
-    assert cfg.backbone.value in path.stem
+    cfg = DiffusionConfig.from_preset(path, obs, ACT, overrides=["inference.num_inference_steps=16"])
+    assert cfg.inference.num_inference_steps == 16 and cfg.action_spec == ACT
+    assert cfg.backbone.kind in path.stem
     if "image" in path.stem:
-        assert cfg.crop_shape == (76, 76)
+        assert cfg.obs_encoder.crop_shape == (76, 76)
     with pytest.raises(ValueError, match="unknown key"):
         DiffusionConfig.from_preset(path, obs, ACT, overrides=["down_dim=[1]"])
+    with pytest.raises(ValueError, match=r"backbone\.down_dim is not a field of the"):
+        DiffusionConfig.from_preset(path, obs, ACT, overrides=["backbone.down_dim=[1]"])
     if "small" in path.stem:  # cheap enough to build here
         policy = DiffusionPolicy(cfg)
         assert sum(p.numel() for p in policy.parameters()) < 20e6
+
+
+def test_per_key_normalization_and_scaled_grippers_are_fitted_saved_and_loaded(tmp_path):
+    act = ActionSpec(("x", "grip"), (-2.0, -1.0), (2.0, 1.0), discrete=(False, True))
+    base = DiffusionPolicy.tiny_configs(OBS, act)["unet"]
+    cfg = from_dict(
+        DiffusionConfig,
+        to_dict(base)
+        | {"obs_spec": OBS, "action_spec": act}
+        | {"normalization": {"state": "gaussian"}, "discrete_action_scale": 0.1},
+    )
+    assert cfg.normalization == {"state": NormMode.GAUSSIAN} and cfg.discrete_action_scale == 0.1
+    policy = DiffusionPolicy(cfg).eval()
+    rng = np.random.default_rng(0)
+    state = rng.normal([3.0, -5.0], [2.0, 0.5], (500, 2))
+    action = np.stack([rng.uniform(-2, 2, 500), rng.choice([-1.0, 1.0], 500)], axis=1)
+    norm = policy.fit_normalizer({"state": state, "action": action})
+    assert norm.modes == {"state": NormMode.GAUSSIAN, "action": NormMode.LIMITS}
+    z = norm.normalize("state", state)
+    assert np.allclose(z.mean(0), 0, atol=1e-4) and np.allclose(z.std(0), 1, atol=1e-4)
+    grip = torch.tensor([[0.5, -1.0], [0.5, 1.0]])
+    y = norm.normalize("action", grip)
+    assert y[:, 1].tolist() == [-torch.tensor(0.1).item(), torch.tensor(0.1).item()]
+    assert torch.equal(norm.unnormalize("action", y)[:, 1], grip[:, 1])  # exactly +-1
+
+    saved = json.loads((policy.save(tmp_path / "ckpt") / "config.json").read_text())["config"]
+    assert saved["normalization"] == {"state": "gaussian"} and saved["discrete_action_scale"] == 0.1
+    loaded = Policy.load(tmp_path / "ckpt")
+    assert loaded.config == cfg and loaded.normalizer.modes == norm.modes
+    torch.testing.assert_close(loaded.normalizer.state_dict(), norm.state_dict(), rtol=0, atol=0)
+    obs = {"state": state[None, :TO].astype(np.float32)}
+    noise = torch.randn(1, H, 2, generator=torch.Generator().manual_seed(0))
+    chunk = loaded.predict_action_chunk(obs, noise=noise)
+    torch.testing.assert_close(chunk, policy.predict_action_chunk(obs, noise=noise), rtol=0, atol=0)
+    assert set(chunk[..., 1].unique().tolist()) <= {-1.0, 1.0}
+
+
+def test_normalization_choices_are_checked_by_key():
+    with pytest.raises(ValueError, match=r"normalization\.eef_pos: not a key of this policy"):
+        from_dict(DiffusionConfig, _config_dict(normalization={"eef_pos": "gaussian"}))
+    with pytest.raises(ValueError, match=r"normalization\.state: 'zscore' is not one of"):
+        from_dict(DiffusionConfig, _config_dict(normalization={"state": "zscore"}))
+    with pytest.raises(ValueError, match="discrete_action_scale must be finite and > 0, got 0"):
+        DiffusionConfig(OBS, ACT, discrete_action_scale=0)
+    with pytest.raises(ValueError, match=r"normalization\.action: 'gaussian'.*noise\.clip_sample"):
+        DiffusionConfig(OBS, ACT, normalization={"action": "gaussian"})
+    cfg = DiffusionConfig(OBS, ACT, normalization={"action": "gaussian"}, noise=NoiseScheduleConfig(clip_sample=False))
+    assert cfg.normalization == {"action": NormMode.GAUSSIAN}

@@ -18,11 +18,8 @@ POLICY = {
     "horizon": 8,
     "n_obs_steps": 2,
     "n_action_steps": 4,
-    "down_dims": [16, 32],
-    "kernel_size": 3,
-    "diffusion_step_embed_dim": 16,
-    "sampler": "ddim",
-    "num_inference_steps": 4,
+    "backbone": {"kind": "unet", "down_dims": [16, 32], "kernel_size": 3, "diffusion_step_embed_dim": 16},
+    "inference": {"sampler": "ddim", "num_inference_steps": 4},
 }
 
 

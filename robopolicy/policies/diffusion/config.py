@@ -1,53 +1,43 @@
-"""Typed config of Diffusion Policy (Chi et al., 2023), both backbones.
+"""Typed config of Diffusion Policy (Chi et al., 2023), both backbones, made of parts.
 
-Presets live in ``configs/policies/diffusion_*.yaml`` and hold only the fields below that are
-specific to this policy (plus ``horizon`` / ``n_obs_steps`` / ``n_action_steps``); the
-observation and action specs come from the dataset at training time.
+Presets live in ``configs/policies/diffusion_*.yaml`` and hold only the fields below (plus
+``horizon`` / ``n_obs_steps`` / ``n_action_steps`` and the normalization fields of
+:class:`~robopolicy.policy.PolicyConfig`); the observation and action specs come from the
+dataset at training time::
+
+    backbone: {kind: unet, down_dims: [256, 512, 1024], kernel_size: 5, n_groups: 8, diffusion_step_embed_dim: 256}
+    obs_encoder: {image_width: 64, image_feature_dim: 64, num_kp: 32, crop_shape: [76, 76]}
+    noise: {num_train_timesteps: 100, beta_schedule: squaredcos_cap_v2, clip_sample: true, prediction_type: epsilon}
+    inference: {sampler: ddpm, num_inference_steps: 100}
+
+The parts are shared with later policies: :mod:`robopolicy.nn.configs` (backbones, obs encoder),
+:class:`~robopolicy.diffusion.schedulers.NoiseScheduleConfig`,
+:class:`~robopolicy.diffusion.samplers.InferenceDefaults`. Checkpoints written before the parts
+(a flat config) load through :func:`migrate_flat_config`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import enum
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from robopolicy.config import apply_overrides, from_dict, load_yaml
+from robopolicy.config import apply_overrides, from_dict, load_yaml, merge_dicts
+from robopolicy.data.normalizer import ACTION_KEY, NormMode
+from robopolicy.diffusion.samplers import InferenceDefaults
+from robopolicy.diffusion.samplers import SamplerMethod as Sampler
 from robopolicy.diffusion.schedulers import NoiseScheduleConfig
-from robopolicy.diffusion.view import PredictionType
+from robopolicy.nn.configs import BackboneConfig, ObsEncoderConfig, UnetConfig
 from robopolicy.policy import PolicyConfig
 from robopolicy.types import ActionSpec, ObservationSpec
-
-
-class Backbone(str, enum.Enum):
-    """Noise-prediction network."""
-
-    UNET = "unet"
-    """ConditionalUnet1D: FiLM-conditioned temporal CNN (DP-C)."""
-    TRANSFORMER = "transformer"
-    """TransformerForDiffusion: cross-attention to time + obs tokens (DP-T)."""
-
-
-class Sampler(str, enum.Enum):
-    """Inference-time sampler (all run on the denoiser view)."""
-
-    DDPM = "ddpm"
-    """Ancestral DDPM (stochastic; equals diffusers' DDPMScheduler), usually 100 steps."""
-    DDIM = "ddim"
-    """DDIM, eta 0 (deterministic; equals diffusers' DDIMScheduler), e.g. 10 or 16 steps."""
-    EULER = "euler"
-    """Euler on the denoiser view (deterministic)."""
-    HEUN = "heun"
-    """Heun (2nd order) on the denoiser view (deterministic, 2 model calls per step)."""
-    DPMPP_2M = "dpmpp_2m"
-    """DPM-Solver++(2M) on the denoiser view (deterministic)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionInferenceOptions:
     """Inference options of Diffusion Policy (``robopolicy eval --sampler ddpm --num-inference-steps 100``).
-    ``None`` means the config's value."""
+    ``None`` means the config's value (``inference:``)."""
 
     sampler: Sampler | None = None
     num_inference_steps: int | None = None
@@ -70,126 +60,45 @@ class DiffusionInferenceOptions:
 class DiffusionConfig(PolicyConfig):
     """Diffusion Policy. Defaults are the paper's low-dim U-Net settings (H 16, To 2, Ta 8)."""
 
-    backbone: Backbone = Backbone.UNET
-    """Which noise-prediction network: ``unet`` or ``transformer``."""
-
-    # ---- U-Net backbone
-    down_dims: tuple[int, ...] = (256, 512, 1024)
-    """Channels per U-Net level; the horizon must be a multiple of 2**(len(down_dims)-1)."""
-    kernel_size: int = 5
-    """Temporal conv kernel size (odd)."""
-    n_groups: int = 8
-    """GroupNorm groups in the U-Net conv blocks (must divide every down_dim)."""
-    diffusion_step_embed_dim: int = 256
-    """Sinusoidal diffusion-step embedding size of the U-Net."""
-
-    # ---- transformer backbone
-    n_layer: int = 8
-    """Transformer decoder layers."""
-    n_head: int = 4
-    """Attention heads (must divide n_emb)."""
-    n_emb: int = 256
-    """Token width."""
-    p_drop_emb: float = 0.0
-    """Dropout on token embeddings."""
-    p_drop_attn: float = 0.3
-    """Dropout inside the decoder layers."""
-    causal_attn: bool = True
-    """Action token t attends to actions <= t and to obs tokens j <= t (DP's masks)."""
-
-    # ---- image encoder (used only when the obs spec has image fields)
-    image_width: int = 64
-    """ResNet-18 base width (64 = ResNet-18, 32 = the half-width CPU encoder)."""
-    image_feature_dim: int = 64
-    """Feature size per camera after the spatial-softmax head."""
-    num_kp: int = 32
-    """Spatial-softmax keypoints per camera."""
-    crop_shape: tuple[int, int] | None = None
-    """(h, w) random crop in training / center crop in eval; None: no crop."""
-
-    # ---- noise schedule (training)
-    num_train_timesteps: int = 100
-    """Diffusion steps in training."""
-    beta_start: float = 1e-4
-    """First beta (ignored by squaredcos_cap_v2)."""
-    beta_end: float = 0.02
-    """Last beta (ignored by squaredcos_cap_v2)."""
-    beta_schedule: str = "squaredcos_cap_v2"
-    """diffusers beta schedule name."""
-    clip_sample: bool = True
-    """Clip the predicted clean chunk to [-1, 1] while sampling."""
-    prediction_type: PredictionType = PredictionType.EPSILON
-    """What the network predicts: epsilon (DP default), sample or v_prediction."""
-
-    # ---- inference
-    sampler: Sampler = Sampler.DDPM
-    """Default sampler of ``predict_action_chunk``."""
-    num_inference_steps: int = 100
-    """Default denoising steps (100 for DDPM, e.g. 10 or 16 for DDIM)."""
+    backbone: BackboneConfig = dataclasses.field(default_factory=UnetConfig)
+    """Noise-prediction network, by kind: ``{kind: unet, ...}`` or ``{kind: transformer, ...}``."""
+    obs_encoder: ObsEncoderConfig = dataclasses.field(default_factory=ObsEncoderConfig)
+    """Per-step observation features (the image fields are used only when there are images)."""
+    noise: NoiseScheduleConfig = dataclasses.field(default_factory=NoiseScheduleConfig)
+    """Training noise schedule (DDPM betas, ``clip_sample``, ``prediction_type``)."""
+    inference: InferenceDefaults = dataclasses.field(default_factory=InferenceDefaults)
+    """Default sampler and steps of ``predict`` (a call's options override them)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("backbone", "sampler", "prediction_type"):
-            enum_type = type(getattr(DiffusionConfig, name))
-            try:
-                object.__setattr__(self, name, enum_type(getattr(self, name)))
-            except ValueError:
-                valid = [m.value for m in enum_type]
-                raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}") from None
-        object.__setattr__(self, "down_dims", tuple(int(d) for d in self.down_dims))
-        if self.crop_shape is not None:
-            object.__setattr__(self, "crop_shape", tuple(int(c) for c in self.crop_shape))
-        self._validate_backbone()
-        self._validate_images()
-        if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
+        parts = {
+            "backbone": BackboneConfig,
+            "obs_encoder": ObsEncoderConfig,
+            "noise": NoiseScheduleConfig,
+            "inference": InferenceDefaults,
+        }
+        for name, part in parts.items():
+            if not isinstance(getattr(self, name), part):
+                raise TypeError(f"{name} must be a {part.__name__}, got {getattr(self, name)!r}")
+        with _part("backbone"):
+            self.backbone.check_horizon(self.horizon)
+        with _part("obs_encoder"):
+            self.obs_encoder.check_images(self.obs_spec)
+        steps, train_steps = self.inference.num_inference_steps, self.noise.num_train_timesteps
+        if steps > train_steps:
             raise ValueError(
-                f"num_inference_steps must be in [1, num_train_timesteps={self.num_train_timesteps}], "
-                f"got {self.num_inference_steps}"
+                f"inference.num_inference_steps must be in [1, noise.num_train_timesteps={train_steps}], got {steps}"
             )
-        for name in ("p_drop_emb", "p_drop_attn"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.normalization.get(ACTION_KEY) is NormMode.GAUSSIAN and self.noise.clip_sample:
+            raise ValueError(
+                "normalization.action: 'gaussian' puts many actions outside [-1, 1], where noise.clip_sample "
+                "clips them while sampling; set noise.clip_sample: false (or normalize actions by limits)"
+            )
 
-    def _validate_backbone(self) -> None:
-        if self.backbone is Backbone.UNET:
-            if not self.down_dims:
-                raise ValueError("down_dims must have at least one level")
-            multiple = 2 ** (len(self.down_dims) - 1)
-            if self.horizon % multiple:
-                raise ValueError(
-                    f"horizon must be a multiple of {multiple} for a U-Net with {len(self.down_dims)} levels "
-                    f"(down_dims={list(self.down_dims)}), got {self.horizon}"
-                )
-            bad = [d for d in self.down_dims if d % self.n_groups]
-            if bad:
-                raise ValueError(f"down_dims {bad} are not multiples of n_groups={self.n_groups}")
-            if self.kernel_size % 2 == 0:
-                raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
-            if self.diffusion_step_embed_dim < 4 or self.diffusion_step_embed_dim % 2:
-                raise ValueError(f"diffusion_step_embed_dim must be even and >= 4, got {self.diffusion_step_embed_dim}")
-        elif self.n_emb % self.n_head:
-            raise ValueError(f"n_emb must be a multiple of n_head={self.n_head}, got {self.n_emb}")
-
-    def _validate_images(self) -> None:
-        if self.crop_shape is None:
-            return
-        if len(self.crop_shape) != 2:
-            raise ValueError(f"crop_shape must be (h, w), got {self.crop_shape}")
-        for f in self.obs_spec.images:
-            h, w = f.shape[:2]
-            if self.crop_shape[0] > h or self.crop_shape[1] > w:
-                raise ValueError(f"crop_shape {self.crop_shape} is larger than image {f.key!r} ({h}, {w})")
-
-    @property
-    def noise_schedule(self) -> NoiseScheduleConfig:
-        return NoiseScheduleConfig(
-            self.num_train_timesteps,
-            self.beta_start,
-            self.beta_end,
-            self.beta_schedule,
-            self.clip_sample,
-            self.prediction_type.value,
-        )
+    @classmethod
+    def migrate_dict(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Called by :func:`robopolicy.config.from_dict`: a flat (format 1) dict becomes parts."""
+        return migrate_flat_config(data)
 
     @classmethod
     def from_preset(
@@ -207,6 +116,59 @@ class DiffusionConfig(PolicyConfig):
         name = data.pop("policy", "diffusion")
         if name != "diffusion":
             raise ValueError(f"{path} is a preset for policy {name!r}, not 'diffusion'")
-        data = apply_overrides(data, list(overrides))
+        data = merge_dicts(data, apply_overrides({}, list(overrides)))
         data.update(obs_spec=obs_spec, action_spec=action_spec)
         return from_dict(cls, data)
+
+
+@contextlib.contextmanager
+def _part(name: str) -> Iterator[None]:
+    """Prefix a part's ValueError with the part's name (``backbone: horizon must be ...``)."""
+    try:
+        yield
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+
+
+# ---------------------------------------------------------------------- format 1 (flat) configs
+_FLAT_BACKBONE = {
+    "unet": ("down_dims", "kernel_size", "n_groups", "diffusion_step_embed_dim"),
+    "transformer": ("n_layer", "n_head", "n_emb", "p_drop_emb", "p_drop_attn", "causal_attn"),
+}
+_FLAT_PARTS = {
+    "obs_encoder": ("image_width", "image_feature_dim", "num_kp", "crop_shape"),
+    "noise": ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "clip_sample", "prediction_type"),
+    "inference": ("sampler", "num_inference_steps"),
+}
+
+
+def migrate_flat_config(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A flat (format 1) Diffusion Policy config dict -> the parts layout; other dicts unchanged.
+
+    Format 1 held every field at top level, ``backbone`` a kind name, and always wrote both
+    backbones' fields: those of the backbone not chosen had no effect and are dropped. A dict
+    that mixes flat keys with parts is refused, naming the flat key's new place."""
+    data = dict(data)
+    flat_backbone = {key: kind for kind, keys in _FLAT_BACKBONE.items() for key in keys}
+    flat_parts = {key: part for part, keys in _FLAT_PARTS.items() for key in keys}
+    flat = [k for k in data if k in flat_backbone or k in flat_parts]
+    if not flat and not isinstance(data.get("backbone"), str):
+        return data
+    parts = [p for p in ("backbone", *_FLAT_PARTS) if p in data and not isinstance(data[p], str)]
+    if flat and parts:
+        key = flat[0]
+        new_place = f"{flat_parts.get(key, 'backbone')}.{key}"
+        raise ValueError(f"{key} is a flat (old) key beside the {parts[0]} part: write it as {new_place}")
+    kind = data.pop("backbone", "unet")
+    backbone = {"kind": kind}
+    for key, owner in flat_backbone.items():
+        if key in data:
+            value = data.pop(key)
+            if owner == kind:
+                backbone[key] = value
+    data["backbone"] = backbone
+    for part, keys in _FLAT_PARTS.items():
+        moved = {k: data.pop(k) for k in keys if k in data}
+        if moved:
+            data[part] = moved
+    return data

@@ -24,14 +24,15 @@ from einops import rearrange
 from torch import nn
 
 from robopolicy.data.normalizer import Normalizer
-from robopolicy.diffusion.samplers import sample_chunk
+from robopolicy.diffusion.samplers import InferenceDefaults, sample_chunk
 from robopolicy.diffusion.schedulers import make_ddpm
 from robopolicy.diffusion.view import PredictionType, VPDenoiserView, repeat_cond
 from robopolicy.inference.output import PolicyOutput
+from robopolicy.nn.configs import BackboneConfig, ObsEncoderConfig, TransformerConfig, UnetConfig
 from robopolicy.nn.obs_encoders import MultiModalObsEncoder
 from robopolicy.nn.transformer import TransformerForDiffusion
 from robopolicy.nn.unet1d import ConditionalUnet1D
-from robopolicy.policies.diffusion.config import Backbone, DiffusionConfig, DiffusionInferenceOptions, Sampler
+from robopolicy.policies.diffusion.config import DiffusionConfig, DiffusionInferenceOptions, Sampler
 from robopolicy.policy import Policy, register_policy
 from robopolicy.types import ActionSpec, ObservationSpec
 
@@ -46,51 +47,49 @@ class FlatCondUnet1D(ConditionalUnet1D):
 
 
 BackboneBuilder = Callable[[DiffusionConfig, int], nn.Module]
-BACKBONES: dict[Backbone, BackboneBuilder] = {}
+BACKBONES: dict[type[BackboneConfig], BackboneBuilder] = {}
+"""Diffusion Policy's builder of each backbone config type (a kind of ``robopolicy.nn.configs``)."""
 
 
-def register_backbone(kind: Backbone) -> Callable[[BackboneBuilder], BackboneBuilder]:
-    """``@register_backbone(Backbone.X)`` on ``build(config, obs_feature_dim) -> module``; the module
-    is called as ``module(x (B, H, Da), t (B,), cond (B, To, D)) -> (B, H, Da)``."""
+def register_backbone(config_type: type[BackboneConfig]) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    """``@register_backbone(UnetConfig)`` on ``build(config, obs_feature_dim) -> module``; the
+    module is called as ``module(x (B, H, Da), t (B,), cond (B, To, D)) -> (B, H, Da)``."""
 
     def wrap(fn: BackboneBuilder) -> BackboneBuilder:
-        BACKBONES[kind] = fn
+        BACKBONES[config_type] = fn
         return fn
 
     return wrap
 
 
-@register_backbone(Backbone.UNET)
+@register_backbone(UnetConfig)
 def _build_unet(cfg: DiffusionConfig, feat: int) -> nn.Module:
+    b: UnetConfig = cfg.backbone
     return FlatCondUnet1D(
-        cfg.action_spec.dim,
-        feat * cfg.n_obs_steps,
-        cfg.down_dims,
-        cfg.kernel_size,
-        cfg.n_groups,
-        cfg.diffusion_step_embed_dim,
+        cfg.action_spec.dim, feat * cfg.n_obs_steps, b.down_dims, b.kernel_size, b.n_groups, b.diffusion_step_embed_dim
     )
 
 
-@register_backbone(Backbone.TRANSFORMER)
+@register_backbone(TransformerConfig)
 def _build_transformer(cfg: DiffusionConfig, feat: int) -> nn.Module:
+    b: TransformerConfig = cfg.backbone
     return TransformerForDiffusion(
         cfg.action_spec.dim,
         feat,
         cfg.horizon,
         cfg.n_obs_steps,
-        cfg.n_layer,
-        cfg.n_head,
-        cfg.n_emb,
-        cfg.p_drop_emb,
-        cfg.p_drop_attn,
-        cfg.causal_attn,
+        b.n_layer,
+        b.n_head,
+        b.n_emb,
+        b.p_drop_emb,
+        b.p_drop_attn,
+        b.causal_attn,
     )
 
 
 @register_policy("diffusion")
 class DiffusionPolicy(Policy):
-    """Diffusion Policy with a U-Net or transformer backbone (``config.backbone``)."""
+    """Diffusion Policy with a U-Net or transformer backbone (``config.backbone.kind``)."""
 
     config_class = DiffusionConfig
     options_class = DiffusionInferenceOptions
@@ -98,11 +97,18 @@ class DiffusionPolicy(Policy):
 
     def __init__(self, config: DiffusionConfig, normalizer: Normalizer | None = None) -> None:
         super().__init__(config, normalizer)
+        enc = config.obs_encoder
         self.obs_encoder = MultiModalObsEncoder(
-            config.obs_spec, config.image_width, config.num_kp, config.image_feature_dim, config.crop_shape
+            config.obs_spec, enc.image_width, enc.num_kp, enc.image_feature_dim, enc.crop_shape
         )
-        self.model = BACKBONES[config.backbone](config, self.obs_encoder.out_dim)
-        self.noise_scheduler = make_ddpm(config.noise_schedule)
+        build = BACKBONES.get(type(config.backbone))
+        if build is None:
+            built = sorted(t.kind for t in BACKBONES)
+            raise ValueError(
+                f"Diffusion Policy has no builder for backbone kind {config.backbone.kind!r} (it builds {built})"
+            )
+        self.model = build(config, self.obs_encoder.out_dim)
+        self.noise_scheduler = make_ddpm(config.noise)
 
     # ------------------------------------------------------------------ encoding
     def encode_obs(self, obs: Mapping[str, Any]) -> torch.Tensor:
@@ -123,10 +129,10 @@ class DiffusionPolicy(Policy):
         if cond.shape[0] != action.shape[0]:
             raise ValueError(f"obs batch size {cond.shape[0]} != action batch size {action.shape[0]}")
         noise = torch.randn_like(action)
-        t = torch.randint(0, self.config.num_train_timesteps, (action.shape[0],), device=action.device)
+        t = torch.randint(0, self.config.noise.num_train_timesteps, (action.shape[0],), device=action.device)
         noisy = self.noise_scheduler.add_noise(action, noise, t)
         pred = self.model(noisy, t, cond)
-        ptype = self.config.prediction_type
+        ptype = self.config.noise.prediction_type
         if ptype is PredictionType.EPSILON:
             target = noise
         elif ptype is PredictionType.SAMPLE:
@@ -146,7 +152,7 @@ class DiffusionPolicy(Policy):
                 self.encode_obs,
                 self.unnormalize_action,
                 (self.config.horizon, self.config.action_spec.dim),
-                self.config.noise_schedule,
+                self.config.noise,
                 from_action_fn=lambda a: self.normalizer.normalize("action", a),
                 snap_fn=lambda a: snap_discrete(a, self.config.action_spec),
             )
@@ -160,7 +166,7 @@ class DiffusionPolicy(Policy):
     @property
     def x0_clip(self) -> float | None:
         """Clamp of each x0 estimate (Diffusion Policy's ``clip_sample``), for every sampler."""
-        return 1.0 if self.config.clip_sample else None
+        return 1.0 if self.config.noise.clip_sample else None
 
     def _predict(
         self,
@@ -179,8 +185,8 @@ class DiffusionPolicy(Policy):
         calls with the same seeds). Every sampler, DDPM and DDIM included, runs on the view.
         """
         cfg = self.config
-        method = Sampler(options.sampler if options.sampler is not None else cfg.sampler)
-        steps = int(options.num_inference_steps or cfg.num_inference_steps)
+        method = Sampler(options.sampler if options.sampler is not None else cfg.inference.sampler)
+        steps = int(options.num_inference_steps or cfg.inference.num_inference_steps)
         view = self.denoiser_view()
         cond = view.encode(obs)
         b, n = cond.shape[0], num_samples
@@ -236,19 +242,15 @@ class DiffusionPolicy(Policy):
             horizon=8,
             n_obs_steps=2,
             n_action_steps=4,
-            image_width=8,
-            image_feature_dim=16,
-            num_kp=8,
-            crop_shape=crop,
-            sampler=Sampler.DDIM,
-            num_inference_steps=4,
+            obs_encoder=ObsEncoderConfig(image_width=8, image_feature_dim=16, num_kp=8, crop_shape=crop),
+            inference=InferenceDefaults(Sampler.DDIM, num_inference_steps=4),
         )
         return {
             "unet": DiffusionConfig(
-                backbone=Backbone.UNET, down_dims=(16, 32), kernel_size=3, diffusion_step_embed_dim=16, **common
+                backbone=UnetConfig(down_dims=(16, 32), kernel_size=3, diffusion_step_embed_dim=16), **common
             ),
             "transformer": DiffusionConfig(
-                backbone=Backbone.TRANSFORMER, n_layer=1, n_head=2, n_emb=16, p_drop_attn=0.0, **common
+                backbone=TransformerConfig(n_layer=1, n_head=2, n_emb=16, p_drop_attn=0.0), **common
             ),
         }
 
