@@ -70,7 +70,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="reset",
         help="RTI: reset the guess's gripper to +-value (any checkpoint) or keep it (gripper-scaled training)",
     )
-    p.add_argument("--rti-gripper-value", type=float, default=1.0, help="RTI: gripper magnitude of the guess")
+    p.add_argument(
+        "--rti-gripper-value",
+        type=float,
+        default=None,
+        help="RTI: gripper magnitude of the guess, normalized (default: the policy's discrete_action_scale)",
+    )
     p.add_argument(
         "--n-action-steps",
         type=int,

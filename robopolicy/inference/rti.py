@@ -62,8 +62,10 @@ class RTIConfig:
     method: SamplerMethod = SamplerMethod.DDIM
     """Sampler of the warm steps (``ddpm``: the reference's ancestral steps)."""
     gripper: GripperMode = GripperMode.RESET
-    gripper_value: float = 1.0
-    """RESET: magnitude of the guess's discrete dims (1/f: f = 1 low-dim, f = 10 image in the paper)."""
+    gripper_value: float | None = None
+    """RESET: magnitude of the guess's discrete dims in the normalized coordinate (1/f: f = 1
+    low-dim, f = 10 image in the paper). None: the policy's ``discrete_action_scale`` (1, or e.g.
+    0.1 for a policy trained with its gripper scaled down), i.e. the gripper's own limits."""
     shift: int | None = None
     """Actions executed between two calls (default: the policy's Ta)."""
 
@@ -96,6 +98,9 @@ class RTI:
         self.shift = pc.n_action_steps if config.shift is None else config.shift
         self.discrete = [i for i, d in enumerate(pc.action_spec.discrete) if d]
         self.sigma_start = self._sigma_start()
+        self.gripper_value = float(
+            config.gripper_value if config.gripper_value is not None else getattr(pc, "discrete_action_scale", 1.0)
+        )
         self._guess: dict[int, torch.Tensor] = {}  # env id -> (*action_shape) normalized chunk
 
     def _sigma_start(self) -> float:
@@ -109,7 +114,11 @@ class RTI:
 
     @property
     def config_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self.config), "sigma_start_resolved": self.sigma_start}
+        return {
+            **dataclasses.asdict(self.config),
+            "sigma_start_resolved": self.sigma_start,
+            "gripper_value_resolved": self.gripper_value,
+        }
 
     def reset(self, env_ids: Sequence[int] | None = None) -> None:
         """Forget the warm starts of ``env_ids`` (all if None); also resets the wrapped policy."""
@@ -127,7 +136,7 @@ class RTI:
         guess = torch.cat([prev[s:], prev[-1:].expand(s, *prev.shape[1:])]) if s > 0 else prev.clone()
         if self.discrete and self.config.gripper is GripperMode.RESET:
             g = guess[..., self.discrete]
-            guess[..., self.discrete] = torch.where(g >= 0, 1.0, -1.0).to(g.dtype) * self.config.gripper_value
+            guess[..., self.discrete] = torch.where(g >= 0, 1.0, -1.0).to(g.dtype) * self.gripper_value
         return guess
 
     @property

@@ -4,6 +4,8 @@ and the start-level estimate."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -20,9 +22,10 @@ ACT = ActionSpec(("x", "y", "g"), (-1.0, -2.0, -1.0), (1.0, 2.0, 1.0), discrete=
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_policy(backbone: str) -> DiffusionPolicy:
+def make_policy(backbone: str, **overrides) -> DiffusionPolicy:
     torch.manual_seed(0)
-    policy = DiffusionPolicy(DiffusionPolicy.tiny_configs(OBS, ACT)[backbone])
+    cfg = DiffusionPolicy.tiny_configs(OBS, ACT)[backbone]
+    policy = DiffusionPolicy(dataclasses.replace(cfg, **overrides))
     rng = np.random.default_rng(0)
     action = np.concatenate(
         [rng.uniform(-1, 1, (64, 1)), rng.uniform(-2, 2, (64, 1)), rng.choice([-1.0, 1.0], (64, 1))], 1
@@ -85,6 +88,9 @@ def test_shift_pads_the_end_and_resets_the_gripper():
     torch.testing.assert_close(g[:, 2], expected)
     keep = RTI(policy, RTIConfig(shift=3, gripper="keep")).shifted_guess(prev)
     torch.testing.assert_close(keep[:5, 2], prev[3:, 2])
+    assert RTI(policy, RTIConfig()).gripper_value == 1.0  # default: the policy's own gripper scale
+    scaled = make_policy("unet", discrete_action_scale=0.1)
+    assert RTI(scaled, RTIConfig()).gripper_value == pytest.approx(0.1)
 
 
 def test_bad_rti_options_are_refused():
