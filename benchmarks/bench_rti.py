@@ -187,10 +187,37 @@ def cmd_latency(args) -> dict:
     return {"checkpoint": args.checkpoint, "batch": 1, "start_t": args.start_t, "rows": res, "machine": machine()}
 
 
+RESULTS = Path(__file__).resolve().parent / "results"
+NAMES = {"ddpm100": "DDPM-100", "ddim10": "DDIM-10", "rti2": "RTI-2", "rti3": "RTI-3"}
+
+
+def cmd_table(results: Path) -> str:
+    """The table of benchmarks/results/rti.md from rti_<task>.json and rti_<task>_latency.json."""
+    lines = [
+        "| task | row | success (50 held-out seeds) | 95 % CI | NFE per env step | latency per chunk p50 / p95 (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for task in ("lift", "can"):
+        succ, lat = results / f"rti_{task}.json", results / f"rti_{task}_latency.json"
+        if not succ.is_file():
+            continue
+        rows = json.loads(succ.read_text())["rows"]
+        lrows = json.loads(lat.read_text())["rows"] if lat.is_file() else {}
+        for name, r in rows.items():
+            lo, hi = r["ci95"]
+            l_ = lrows.get(name)
+            lat_s = f"{l_['p50']:.1f} / {l_['p95']:.1f}" if l_ else "n/a"
+            lines.append(
+                f"| {task} | {NAMES.get(name, name)} | {r['successes']}/{r['episodes']} = {r['success_rate']:.0%} "
+                f"| {lo:.1%} – {hi:.1%} | {r['nfe_per_step']:.2f} | {lat_s} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=("estimate", "success", "latency"))
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("part", choices=("estimate", "success", "latency", "table"))
+    p.add_argument("--checkpoint", default=None)
     p.add_argument("--data", help="the training store (held-out windows for estimate / latency)")
     p.add_argument("--suite")
     p.add_argument("--episodes", type=int, default=50)
@@ -202,6 +229,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True)
     args = p.parse_args()
+    if args.part == "table":
+        Path(args.out).write_text(cmd_table(RESULTS))
+        print(Path(args.out).read_text())
+        return
+    if args.checkpoint is None:
+        p.error(f"{args.part} needs --checkpoint")
     result = {"estimate": cmd_estimate, "success": cmd_success, "latency": cmd_latency}[args.part](args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
