@@ -65,6 +65,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--rti-method", default="ddim", help="RTI: sampler of the warm steps (ddim, ddpm, euler, ...)")
     p.add_argument(
+        "--rti-init",
+        choices=("guess", "renoise"),
+        default="guess",
+        help="RTI: the shifted guess as the iterate as is (reference), or renoised to the start level",
+    )
+    p.add_argument(
         "--rti-gripper",
         choices=("reset", "keep"),
         default="reset",
@@ -138,6 +144,7 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
         method=args.rti_method,
         gripper=args.rti_gripper,
         gripper_value=args.rti_gripper_value,
+        init=args.rti_init,
     )
     policy = {"sampler": args.sampler, "num_inference_steps": args.num_inference_steps}
     return InferenceOptions(method=args.inference, policy=policy, rti=rti, n_action_steps=args.n_action_steps)

@@ -35,8 +35,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from robopolicy.diffusion.samplers import SamplerMethod, sample_chunk
+from robopolicy.diffusion.samplers import SamplerMethod, randn_rows, sample_chunk
 from robopolicy.inference.output import PolicyOutput
+
+
+class WarmInit(str, enum.Enum):
+    """How the shifted guess becomes the iterate at ``sigma_start``."""
+
+    GUESS = "guess"
+    """As is, no noise (the reference implementation)."""
+    RENOISE = "renoise"
+    """The forward process at ``sigma_start``: ``guess + sigma_start * eps`` (eps from the episode's
+    generator), so the first warm step sees an input of the noise level it was trained on."""
 
 
 class GripperMode(str, enum.Enum):
@@ -68,9 +78,11 @@ class RTIConfig:
     0.1 for a policy trained with its gripper scaled down), i.e. the gripper's own limits."""
     shift: int | None = None
     """Actions executed between two calls (default: the policy's Ta)."""
+    init: WarmInit = WarmInit.GUESS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", SamplerMethod(self.method))
+        object.__setattr__(self, "init", WarmInit(self.init))
         object.__setattr__(self, "gripper", GripperMode(self.gripper))
         if self.steps < 1:
             raise ValueError(f"rti steps must be >= 1, got {self.steps}")
@@ -183,6 +195,9 @@ class RTI:
             with self.policy.inference_mode():
                 cond = self.view.encode(_rows(obs, warm))
                 guess = torch.stack([self.shifted_guess(self._guess[env_ids[i]]) for i in warm]).to(x0.device)
+                if self.config.init is WarmInit.RENOISE:
+                    wg = None if generator is None else [gens[i] for i in warm]
+                    guess = guess + self.sigma_start * randn_rows(tuple(guess.shape), wg, guess.device)
                 x0[warm] = sample_chunk(
                     self.view,
                     cond,

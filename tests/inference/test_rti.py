@@ -167,3 +167,16 @@ def test_the_start_level_estimate_covers_the_chunk_to_chunk_change():
     assert 0 <= est.start_t <= 99 and 0 < est.shift_error_p90 and est.contraction > 0
     same = estimate_start_level(policy, w0, w0, steps=3, shift=0)  # no change between steps: a low level
     assert same.sigma_start < est.sigma_start
+
+
+def test_renoised_warm_starts_draw_from_the_episode_generator():
+    policy = make_policy("unet")
+
+    def warm(init: str, seed: int) -> torch.Tensor:
+        rti = RTI(policy, RTIConfig(steps=2, start_t=20, init=init))
+        rti.predict(obs(1), env_ids=[0], generator=[torch.Generator().manual_seed(0)])
+        return rti.predict(obs(1, 1), env_ids=[0], generator=[torch.Generator().manual_seed(seed)]).actions
+
+    assert torch.equal(warm("renoise", 1), warm("renoise", 1))
+    assert not torch.equal(warm("renoise", 1), warm("renoise", 2))
+    assert torch.equal(warm("guess", 1), warm("guess", 2))  # no noise enters a plain DDIM warm start
