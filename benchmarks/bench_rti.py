@@ -32,14 +32,19 @@ from robopolicy.inference.options import InferenceOptions
 from robopolicy.inference.rti import RTI, RTIConfig, estimate_start_level
 from robopolicy.policy import Policy
 
+GRIPPER_VALUE = [None]  # --gripper-value (None: the policy's discrete_action_scale)
 ROWS = {
     "ddpm100": lambda t: InferenceOptions(policy={"sampler": "ddpm", "num_inference_steps": 100}),
     "ddim10": lambda t: InferenceOptions(policy={"sampler": "ddim", "num_inference_steps": 10}),
     "rti2": lambda t: InferenceOptions(
-        method="rti", policy={"sampler": "ddim", "num_inference_steps": 10}, rti=RTIConfig(steps=2, start_t=t)
+        method="rti",
+        policy={"sampler": "ddim", "num_inference_steps": 10},
+        rti=RTIConfig(steps=2, start_t=t, gripper_value=GRIPPER_VALUE[0]),
     ),
     "rti3": lambda t: InferenceOptions(
-        method="rti", policy={"sampler": "ddim", "num_inference_steps": 10}, rti=RTIConfig(steps=3, start_t=t)
+        method="rti",
+        policy={"sampler": "ddim", "num_inference_steps": 10},
+        rti=RTIConfig(steps=3, start_t=t, gripper_value=GRIPPER_VALUE[0]),
     ),
 }
 
@@ -224,11 +229,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rows", default="ddpm100,ddim10,rti2,rti3")
     p.add_argument("--start-t", type=float, default=10.0, help="RTI start level as a training timestep")
+    p.add_argument("--gripper-value", type=float, default=None, help="RTI gripper reset magnitude (normalized)")
     p.add_argument("--windows", type=int, default=64)
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True)
     args = p.parse_args()
+    GRIPPER_VALUE[0] = args.gripper_value
     if args.part == "table":
         Path(args.out).write_text(cmd_table(RESULTS))
         print(Path(args.out).read_text())
