@@ -80,7 +80,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--rti-gripper-value",
         type=float,
         default=None,
-        help="RTI: gripper magnitude of the guess, normalized (default: the policy's discrete_action_scale)",
+        help="RTI: gripper magnitude of the guess, normalized (default 0.1, or the policy's discrete_action_scale "
+        "if smaller; 1 left PickPlaceCan's gripper open: benchmarks/results/rti.md)",
     )
     p.add_argument(
         "--n-action-steps",
