@@ -17,14 +17,13 @@ import os
 # On a shared, oversubscribed CPU, spinning OpenMP workers collapse multi-thread throughput
 # (measured 3.5x slower than passive waiting at load 5 on 2 cores); set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-import platform
 import statistics
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine_meta
 
 from robopolicy.policies.diffusion import DiffusionConfig, DiffusionPolicy
 from robopolicy.types import FieldKind, FieldSpec, ObservationSpec, osc_pose_action_spec
@@ -139,13 +138,7 @@ def main() -> None:
 
 def meta(args: argparse.Namespace) -> dict:
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "loadavg_before": os.getloadavg(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        **machine_meta(args.threads),
         "obs": f"state {LOW_DIM}-D (+ 2 cameras 84x84 for image presets), action 7-D (OSC_POSE), To 2",
     }
 

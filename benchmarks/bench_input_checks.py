@@ -26,14 +26,13 @@ import os
 
 # As in bench_inference.py: passive OpenMP waits on a shared, oversubscribed CPU.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-import platform
 import statistics
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine_meta
 
 from robopolicy.policies.diffusion import DiffusionConfig, DiffusionPolicy
 from robopolicy.types import FieldKind, FieldSpec, ObservationSpec, osc_pose_action_spec
@@ -149,13 +148,7 @@ def main() -> None:
 
 def meta(args: argparse.Namespace) -> dict:
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "loadavg_before": os.getloadavg(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        **machine_meta(args.threads),
         "runs": args.runs,
         "check_calls_x_blocks": [args.check_calls, args.blocks],
         "obs": f"state {LOW_DIM}-D float32 (+ 2 cameras 84x84 uint8 for the image config), action 7-D, To 2",

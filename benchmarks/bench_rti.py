@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine_meta
 
 from robopolicy.inference.options import InferenceOptions
 from robopolicy.inference.rti import RTI, RTIConfig, estimate_start_level
@@ -50,13 +50,7 @@ ROWS = {
 
 
 def machine() -> dict:
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "loadavg": os.getloadavg(),
-    }
+    return {**machine_meta(), "loadavg": os.getloadavg()}
 
 
 def held_out_windows(policy: Policy, data: str, n: int, seed: int = 0):

@@ -78,6 +78,23 @@ def _is_lazy(key: str, arr: object) -> bool:
     return kind_of_key(key) is FieldKind.IMAGE or len(getattr(arr, "shape", ())) >= 4
 
 
+def _episode_ends(
+    data: EpisodeStore | Mapping[str, np.ndarray], keys: Sequence[str], episode_ends: np.ndarray | None
+) -> np.ndarray:
+    """The episode ends of ``data`` (a store's own, or the given ones for a mapping); KeyError
+    naming the fields of ``keys`` that ``data`` lacks."""
+    if isinstance(data, EpisodeStore):
+        episode_ends, available = data.episode_ends, data.keys()
+    elif episode_ends is None:
+        raise ValueError("episode_ends is required when data is a mapping of arrays")
+    else:
+        available = list(data)
+    missing = [k for k in keys if k not in available]
+    if missing:
+        raise KeyError(f"fields {missing} not found (available: {sorted(available)})")
+    return np.asarray(episode_ends, dtype=np.int64)
+
+
 def _hold_fields(
     data: EpisodeStore | Mapping[str, np.ndarray], keys: Sequence[str], episode_ends: np.ndarray, cache_images: bool
 ) -> tuple[dict[str, np.ndarray], dict[str, object]]:
@@ -124,17 +141,7 @@ class SequenceSampler:
     ) -> None:
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
-        if isinstance(data, EpisodeStore):
-            episode_ends = data.episode_ends
-            available = data.keys()
-        elif episode_ends is None:
-            raise ValueError("episode_ends is required when data is a mapping of arrays")
-        else:
-            available = list(data)
-        missing = [k for k in keys if k not in available]
-        if missing:
-            raise KeyError(f"fields {missing} not found (available: {sorted(available)})")
-        self.episode_ends = np.asarray(episode_ends, dtype=np.int64)
+        self.episode_ends = _episode_ends(data, keys, episode_ends)
         if episode_mask is None:
             episode_mask = np.ones(len(self.episode_ends), dtype=bool)
         self.episode_mask = np.asarray(episode_mask, dtype=bool)
@@ -200,17 +207,7 @@ class WindowSampler:
         cache_images: bool = False,
     ) -> None:
         self.spec = windows
-        if isinstance(data, EpisodeStore):
-            episode_ends = data.episode_ends
-            available = data.keys()
-        elif episode_ends is None:
-            raise ValueError("episode_ends is required when data is a mapping of arrays")
-        else:
-            available = list(data)
-        missing = [k for k in windows.keys if k not in available]
-        if missing:
-            raise KeyError(f"fields {missing} not found (available: {sorted(available)})")
-        self.episode_ends = np.asarray(episode_ends, dtype=np.int64)
+        self.episode_ends = _episode_ends(data, windows.keys, episode_ends)
         self.episode_starts = np.concatenate([[0], self.episode_ends[:-1]]).astype(np.int64)
         mask = np.ones(len(self.episode_ends), dtype=bool) if episode_mask is None else np.asarray(episode_mask, bool)
         if mask.shape != self.episode_ends.shape:
