@@ -15,6 +15,7 @@ COMMANDS = [
     ("train", "robopolicy.train.cli"),
     ("eval", "robopolicy.eval.cli"),
     ("quickstart", "robopolicy.quickstart"),
+    ("import-checkpoint", "robopolicy.checkpoints.cli"),
 ]
 
 
