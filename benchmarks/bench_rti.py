@@ -33,18 +33,19 @@ from robopolicy.inference.rti import RTI, RTIConfig, estimate_start_level
 from robopolicy.policy import Policy
 
 GRIPPER_VALUE = [None]  # --gripper-value (None: the policy's discrete_action_scale)
+GRIPPER_MODE = ["reset"]  # --gripper: reset the guess's gripper, or keep it (gripper-scaled training)
 ROWS = {
     "ddpm100": lambda t: InferenceOptions(policy={"sampler": "ddpm", "num_inference_steps": 100}),
     "ddim10": lambda t: InferenceOptions(policy={"sampler": "ddim", "num_inference_steps": 10}),
     "rti2": lambda t: InferenceOptions(
         method="rti",
         policy={"sampler": "ddim", "num_inference_steps": 10},
-        rti=RTIConfig(steps=2, start_t=t, gripper_value=GRIPPER_VALUE[0]),
+        rti=RTIConfig(steps=2, start_t=t, gripper=GRIPPER_MODE[0], gripper_value=GRIPPER_VALUE[0]),
     ),
     "rti3": lambda t: InferenceOptions(
         method="rti",
         policy={"sampler": "ddim", "num_inference_steps": 10},
-        rti=RTIConfig(steps=3, start_t=t, gripper_value=GRIPPER_VALUE[0]),
+        rti=RTIConfig(steps=3, start_t=t, gripper=GRIPPER_MODE[0], gripper_value=GRIPPER_VALUE[0]),
     ),
 }
 
@@ -112,6 +113,8 @@ def cmd_success(args) -> dict:
         "checkpoint": args.checkpoint,
         "suite": args.suite,
         "start_t": args.start_t,
+        "gripper": args.gripper,
+        "gripper_value": args.gripper_value,
         "rows": rows,
         "machine": machine(),
     }
@@ -224,12 +227,17 @@ def main() -> None:
     p.add_argument("--rows", default="ddpm100,ddim10,rti2,rti3")
     p.add_argument("--start-t", type=float, default=10.0, help="RTI start level as a training timestep")
     p.add_argument("--gripper-value", type=float, default=None, help="RTI gripper reset magnitude (normalized)")
+    p.add_argument("--gripper", choices=("reset", "keep"), default="reset", help="RTI gripper treatment")
+    p.add_argument("--start-t-from", help="read --start-t from an estimate JSON (its rti3 start_t)")
     p.add_argument("--windows", type=int, default=64)
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True)
     args = p.parse_args()
     GRIPPER_VALUE[0] = args.gripper_value
+    GRIPPER_MODE[0] = args.gripper
+    if args.start_t_from:
+        args.start_t = float(json.loads(Path(args.start_t_from).read_text())["estimates"]["rti3"]["start_t"])
     if args.part == "table":
         Path(args.out).write_text(cmd_table(RESULTS))
         print(Path(args.out).read_text())

@@ -15,6 +15,7 @@ COMMANDS = [
     ("train", "robopolicy.train.cli"),
     ("eval", "robopolicy.eval.cli"),
     ("quickstart", "robopolicy.quickstart"),
+    ("bench", "robopolicy.inference.bench"),
     ("import-checkpoint", "robopolicy.checkpoints.cli"),
 ]
 

@@ -54,6 +54,7 @@ from torch import nn
 from robopolicy.config import from_dict, to_dict
 from robopolicy.data.normalizer import ACTION_KEY, Normalizer, NormMode, normalization_modes
 from robopolicy.data.windows import DataWindows
+from robopolicy.inference.engine import EngineConfig, NetworkEngine, build_engine, cpu_threads
 from robopolicy.inference.output import PolicyOutput
 from robopolicy.types import ActionSpec, ChunkTiming, FieldKind, ObservationSpec
 
@@ -244,7 +245,7 @@ class Policy(nn.Module):
         if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
             raise ValueError(f"got {len(generator)} generators for a batch of {batch_size}")
         opts = self.resolve_options(options)
-        with self.inference_mode():
+        with self.inference_mode(), cpu_threads(self.engine_config.threads):
             out = self._predict(obs, env_ids=ids, generator=generator, num_samples=int(num_samples), options=opts)
         if not isinstance(out, PolicyOutput):
             out = PolicyOutput(out)
@@ -282,6 +283,38 @@ class Policy(nn.Module):
         """The grad mode of inference and validation (default: no autograd). A policy that infers
         by gradient descent (EBT) returns ``torch.enable_grad()``."""
         return torch.no_grad()
+
+    # ------------------------------------------------------------------ inference engine
+    def set_engine(self, engine: EngineConfig | str | Mapping[str, Any] | None = None) -> Policy:
+        """Choose how the policy's networks run at inference (:mod:`robopolicy.inference.engine`):
+        a backend name (``"gemm"``, ``"compiled"``, ``"onnx"``, ``"eager"``, ``"auto"``), a dict of
+        :class:`EngineConfig` fields or an instance. Moves the policy to the engine's device.
+        Training (``compute_loss``) never uses the engine. Returns the policy."""
+        cfg = EngineConfig.parse(engine)
+        dev = cfg.resolve_device(self.device)
+        cfg = cfg.on(dev)
+        if dev != self.device:
+            self.to(dev)
+        self.__dict__["_engine_config"] = cfg
+        self.__dict__.pop("_engines", None)
+        self.__dict__.pop("_view", None)
+        self.__dict__.pop("_graphs", None)
+        return self
+
+    @property
+    def engine_config(self) -> EngineConfig:
+        return self.__dict__.get("_engine_config") or EngineConfig()
+
+    def network_engine(self, network: nn.Module) -> NetworkEngine:
+        """The inference engine of one of the policy's networks: built on first use, rebuilt when
+        its weights, the device or the train/eval mode change (in train mode: the network as is)."""
+        engines = self.__dict__.setdefault("_engines", {})
+        key = (id(network), self.training, str(self.device))
+        engine = engines.get(key)
+        if engine is None or engine.network is not network or engine.stale():
+            cfg = EngineConfig(backend="eager") if self.training else self.engine_config
+            engine = engines[key] = build_engine(network, cfg, self.device)
+        return engine
 
     def reset(self, env_ids: Sequence[int] | None = None) -> None:
         """Clear the per-episode state of ``env_ids`` (all if None). Stateless policies do nothing."""

@@ -136,19 +136,43 @@ def sample_dpmpp_2m(view: DenoiserView, cond: Any, x: torch.Tensor, sigmas: torc
 
 
 def sample_ddpm(
-    view: DenoiserView, cond: Any, x: torch.Tensor, sigmas: torch.Tensor, x0_clip=None, generator: Generators = None
+    view: DenoiserView,
+    cond: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    x0_clip=None,
+    generator: Generators = None,
+    step_noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Ancestral DDPM: ``x' = x0c + r (x - x0c) + sqrt(sigma'^2 (1 - r)) z`` with ``r = sigma'^2 / sigma^2``
-    and ``x0c = clip(x0_hat)``; no noise on the step to sigma' = 0. One model call per step."""
+    and ``x0c = clip(x0_hat)``; no noise on the step to sigma' = 0. One model call per step.
+
+    ``z`` is drawn from ``generator`` step by step, or read from ``step_noise`` (n_noisy, B, ...)
+    (:func:`ddpm_step_noise` draws the same numbers ahead, for a loop captured in a CUDA graph)."""
     s = [float(v) for v in sigmas]
+    k = 0
     for sigma, sigma_next in zip(s[:-1], s[1:]):
         x0 = _clip(view.denoise(x, sigma, cond), x0_clip)
         r = (sigma_next / sigma) ** 2
         x = x0 + r * (x - x0)
         if sigma_next > 0:
             var = max(sigma_next**2 * (1 - r), 1e-20 * (1 + sigma_next**2))  # diffusers' 1e-20 floor, VE units
-            x = x + math.sqrt(var) * randn_rows(tuple(x.shape), generator, x.device, x.dtype)
+            if step_noise is None:
+                z = randn_rows(tuple(x.shape), generator, x.device, x.dtype)
+            else:
+                z = step_noise[k]
+            x = x + math.sqrt(var) * z
+            k += 1
     return x
+
+
+def ddpm_step_noise(sigmas: torch.Tensor, shape: tuple[int, ...], generator: Generators, device: Any) -> torch.Tensor:
+    """The noise :func:`sample_ddpm` would draw from ``generator`` on ``sigmas``, drawn ahead in
+    the same order: (n_noisy, *shape), n_noisy = the steps that end above sigma 0."""
+    n = int((torch.as_tensor(sigmas)[1:] > 0).sum())
+    if n == 0:
+        return torch.zeros((0, *shape), device=device)
+    return torch.stack([randn_rows(shape, generator, device) for _ in range(n)])
 
 
 _METHODS = {
@@ -183,15 +207,16 @@ def sample(
     method: SamplerMethod | str = SamplerMethod.DDIM,
     x0_clip: float | None = None,
     generator: Generators = None,
+    step_noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run ``method`` from ``x_init`` (B, ...) at ``sigmas[0]`` down to ``sigmas[-1]``.
 
     Returns the chunk in the view's normalized coordinate; ``view.to_action`` gives env units.
-    ``generator`` feeds the ancestral (DDPM) steps only.
+    ``generator`` (or ``step_noise`` drawn ahead) feeds the ancestral (DDPM) steps only.
     """
     method, sigmas = _method(method), _check_schedule(sigmas)
     if method is SamplerMethod.DDPM:
-        return sample_ddpm(view, cond, x_init, sigmas, x0_clip, generator)
+        return sample_ddpm(view, cond, x_init, sigmas, x0_clip, generator, step_noise)
     return _METHODS[method](view, cond, x_init, sigmas, x0_clip)
 
 
@@ -208,6 +233,7 @@ def sample_chunk(
     generator: Generators = None,
     x0_clip: float | None = None,
     device: Any = "cpu",
+    step_noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One normalized chunk (B, *view.action_shape) by ``method`` in ``steps`` model calls.
 
@@ -232,7 +258,14 @@ def sample_chunk(
             raise ValueError("pass either x_init (a warm start) or noise (a cold start), not both")
         sigmas = view.sigmas(steps, sigma_start if sigma_start is not None else float(view.sigmas(steps)[0]))
         x = x_init
-    return sample(view, cond, x, sigmas, method, x0_clip, generator)
+    return sample(view, cond, x, sigmas, method, x0_clip, generator, step_noise)
+
+
+def chunk_sigmas(view: DenoiserView, steps: int, sigma_start: float | None = None, warm: bool = False) -> torch.Tensor:
+    """The schedule :func:`sample_chunk` runs (cold, or ``warm`` from ``x_init`` at ``sigma_start``)."""
+    if not warm:
+        return view.sigmas(steps) if sigma_start is None else view.sigmas(steps, sigma_start)
+    return view.sigmas(steps, sigma_start if sigma_start is not None else float(view.sigmas(steps)[0]))
 
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:

@@ -22,8 +22,8 @@ A variance-preserving (DDPM) model with ``x_vp = sqrt(a) x0 + sqrt(1-a) eps`` ma
   then snaps discrete dims (grippers) to their limits.
 * ``sigma_max`` / ``sigma_min``; ``action_shape`` (e.g. ``(H, Da)``).
 
-A view holds no mutable state: its schedule tables are computed once at construction, so one
-view may serve several threads.
+A view holds no mutable state but a cache of per-sigma scalars (filled idempotently): its
+schedule tables are computed once at construction, so one view may serve several threads.
 """
 
 from __future__ import annotations
@@ -116,13 +116,29 @@ class VPDenoiserView:
         self._log_sigmas = self.train_sigmas.log()
         self.sigma_max = float(self.train_sigmas[-1])
         self.sigma_min = float(self.train_sigmas[0])
+        self._scalar_cache: dict[float, tuple[float, ...]] = {}  # sigma -> float32 scalars
 
     # ------------------------------------------------------------------ contract
     def encode(self, obs: Mapping[str, Any]) -> Any:
         return self.encode_fn(obs)
 
     def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor, cond: Any) -> torch.Tensor:
-        """x: (B, ...) at noise level sigma (float or (B,)) -> x0_hat (B, ...)."""
+        """x: (B, ...) at noise level sigma (float or (B,)) -> x0_hat (B, ...).
+
+        A Python float sigma (what the samplers pass) takes the scalar path: its timestep and
+        scalings are computed once per distinct sigma and cached, no tensor is made for them
+        (nothing per step but the network and three elementwise ops; safe to capture in a CUDA
+        graph), and the network gets the timestep as a float. The numbers equal the tensor path's.
+        """
+        if isinstance(sigma, float | int):
+            t, c_in, s, s_c_in = self._scalar_terms(float(sigma))
+            x_vp = x * c_in
+            out = self.model_fn(x_vp, t, cond)
+            if self.prediction_type is PredictionType.EPSILON:
+                return x - s * out
+            if self.prediction_type is PredictionType.SAMPLE:
+                return out
+            return x_vp * c_in - s_c_in * out
         sig = self.check_sigma(batch_sigma(sigma, x))
         t = self.sigma_to_t(sig).to(x.dtype)
         c_in = per_row((1 + sig**2).rsqrt(), x)  # = sqrt(alpha_bar)
@@ -168,6 +184,18 @@ class VPDenoiserView:
         return self.snap_fn(a) if snap and self.snap_fn is not None else a
 
     # ------------------------------------------------------------------ helpers
+    def _scalar_terms(self, sigma: float) -> tuple[float, float, float, float]:
+        """(t, c_in, sigma, sigma * c_in) for one float sigma, in float32 as the tensor path has them."""
+        terms = self._scalar_cache.get(sigma)
+        if terms is None:
+            sig = self.check_sigma(torch.tensor([sigma], dtype=torch.float64))
+            c_in, s = (1 + sig**2).rsqrt().float(), sig.float()
+            terms = (float(self.sigma_to_t(sig).float()), float(c_in), float(s), float(s * c_in))
+            if len(self._scalar_cache) > 4096:
+                self._scalar_cache.clear()
+            self._scalar_cache[sigma] = terms
+        return terms
+
     def check_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
         """Refuse (or, with ``out_of_range="clamp"``, clamp) sigmas outside the trained range."""
         lo, hi = self.sigma_min * (1 - 1e-6), self.sigma_max * (1 + 1e-6)

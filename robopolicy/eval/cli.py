@@ -89,9 +89,34 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="actions executed per chunk (default: the policy's Ta; 1 replans every step)",
     )
+    add_engine_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
     return p
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """``--engine`` / ``--dtype`` / ``--cuda-graph`` / ``--threads``: how the network runs."""
+    p.add_argument(
+        "--engine",
+        default=None,
+        help="inference engine: auto (default; CPU: gemm, CUDA: eager), eager, gemm, compiled, onnx "
+        "(robopolicy bench inference measures them on this machine)",
+    )
+    p.add_argument("--dtype", default=None, help="network precision on CUDA: float32 (default), bfloat16, float16")
+    p.add_argument("--cuda-graph", action="store_true", help="replay each chunk's denoising loop as a CUDA graph")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads while predicting (default: torch's)")
+
+
+def engine_config(args: argparse.Namespace) -> Any:
+    """The EngineConfig of the command line (None: the policy's default)."""
+    from robopolicy.inference.engine import EngineConfig
+
+    fields = {"backend": args.engine, "dtype": args.dtype, "threads": args.threads}
+    if args.cuda_graph:
+        fields["cuda_graph"] = True
+    fields = {k: v for k, v in fields.items() if v is not None}
+    return EngineConfig.parse(fields) if fields else None
 
 
 def check_report_dir(out: Path) -> None:
@@ -109,6 +134,7 @@ def _run(args: argparse.Namespace) -> int:
 
     require_sim("eval")
     inference_options(args)  # bad option values are refused before anything runs
+    engine_config(args)
     out = Path(args.out)
     check_report_dir(out)
     # replacing an earlier report: evaluate into a hidden sibling, swap it in only when complete
@@ -165,4 +191,5 @@ def _evaluate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         device=args.device,
         video_camera=args.video_camera,
         grid=args.grid,
+        engine=engine_config(args),
     )

@@ -175,6 +175,7 @@ def evaluate(
     video_camera: str = "agentview",
     grid: int | None = None,
     inference: InferenceOptions | None = None,
+    engine: Any = None,
 ) -> dict[str, Any]:
     """Roll out a policy (object, policy dir or run dir) on a suite; returns the report dict
     (also ``out/report.json``, ``out/report.md`` and ``out/videos/*.mp4`` when ``out`` is set).
@@ -185,7 +186,9 @@ def evaluate(
 
     ``inference`` chooses how the policy runs (its own sampler with typed options, or RTI);
     ``policy_kwargs`` is shorthand for ``InferenceOptions(policy=policy_kwargs)``. Bad options
-    are refused before any simulator starts. Each episode's noise comes from its own generator
+    are refused before any simulator starts. ``engine`` (an
+    :class:`~robopolicy.inference.engine.EngineConfig`, a backend name or a dict) chooses how
+    the policy's network runs (default: the policy's own setting). Each episode's noise comes from its own generator
     (seeded by its env seed), so per-episode results do not depend on ``workers``.
     """
     from robopolicy.eval.report import build_report, write_report
@@ -202,6 +205,8 @@ def evaluate(
     else:
         checkpoint = resolve_checkpoint(policy_or_checkpoint)
         policy = Policy.load(checkpoint, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if engine is not None:
+        policy.set_engine(engine)
     n = int(episodes if episodes is not None else suite.episodes)
     if n < 1 or workers < 1 or n_videos < 0:
         raise ValueError(f"episodes and workers must be >= 1 and n_videos >= 0 (got {n}, {workers}, {n_videos})")
@@ -253,6 +258,7 @@ def evaluate(
             "workers": min(workers, n),
             "seed_offset": seed_offset,
             "inference": inference.to_dict(),
+            "engine": {**dataclasses.asdict(policy.engine_config), "device": str(policy.device)},
             "timing": dataclasses.asdict(policy.config.timing),
             "video_camera": video_camera,
             "grid": n_grid,

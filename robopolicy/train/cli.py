@@ -106,4 +106,10 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    if summary.get("time_limit_reached"):
+        print(
+            f"time limit reached at step {summary['steps']}: checkpoint saved; continue with: "
+            f"robopolicy train --resume {out}",
+            file=sys.stderr,
+        )
     return 0

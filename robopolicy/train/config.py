@@ -109,6 +109,9 @@ class TrainConfig:
     """``no``, ``bf16`` or ``fp16`` (GPU; handled by accelerate)."""
     num_threads: int | None = None
     """torch CPU threads (None: leave torch's default)."""
+    time_limit_minutes: float | None = None
+    """End this session after this much training time: the step finishes, a checkpoint is saved
+    and ``--resume`` continues the same run (the LR schedule still spans ``num_steps``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "obs_keys", tuple(self.obs_keys))
@@ -121,6 +124,8 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_every", "num_workers", "val_batches", "keep_checkpoints"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.time_limit_minutes is not None and self.time_limit_minutes <= 0:
+            raise ValueError(f"time_limit_minutes must be > 0, got {self.time_limit_minutes}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

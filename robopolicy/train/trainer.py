@@ -148,7 +148,8 @@ class Trainer:
         t0, step0 = time.perf_counter(), self.step
         bar = tqdm(total=self.config.num_steps, initial=self.step, disable=not self.progress, desc="train")
         batches = self._batches()
-        interrupted = False
+        interrupted = timed_out = False
+        limit = self.config.time_limit_minutes
         try:
             with GracefulStop("training", "the end of this step (a checkpoint is saved)") as stop:
                 end = min(self.config.num_steps, stop_at or self.config.num_steps)
@@ -164,15 +165,30 @@ class Trainer:
                         if not saved:
                             self.save_checkpoint()
                         break
+                    if limit is not None and self.step < end and self._time_is_up(t0, limit):
+                        timed_out = True
+                        if not saved:
+                            self.save_checkpoint()
+                        break
         finally:
             bar.close()
         wall = time.perf_counter() - t0
         summary = self._summary(wall, self.step - step0, resumed_from)
         summary["interrupted"] = interrupted
+        summary["time_limit_reached"] = timed_out
         if self.main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         self.logger.close()
         return summary
+
+    def _time_is_up(self, t0: float, minutes: float) -> bool:
+        """The session's time limit passed (decided by the main process for all processes)."""
+        up = time.perf_counter() - t0 >= 60.0 * minutes
+        if self.acc.num_processes == 1:
+            return up
+        from accelerate.utils import broadcast_object_list
+
+        return bool(broadcast_object_list([up], from_process=0)[0])
 
     def _stop_requested(self, stop: GracefulStop) -> bool:
         """Ctrl-C seen (by the main process, so that every process stops at the same step)."""

@@ -152,3 +152,25 @@ def test_periodic_eval_tracks_best(store_path, tmp_path):
     assert (run / "latest").resolve() == (run / "checkpoints/step_6/policy").resolve()
     evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
     assert [e["success_rate"] for e in evals] == [0.2, 0.6, 0.4]
+
+
+def test_time_limit_ends_the_session_with_a_resumable_checkpoint(store_path, tmp_path, monkeypatch):
+    import robopolicy.train.trainer as trainer_mod
+
+    clock = {"t": 0.0}
+
+    def fake_clock() -> float:  # every call advances 10 s: the limit (0.5 min) passes after a few steps
+        clock["t"] += 10.0
+        return clock["t"]
+
+    cfg = tiny_config(num_steps=50, checkpoint_every=20, log_every=1, time_limit_minutes=0.5)
+    run = tmp_path / "run"
+    monkeypatch.setattr(trainer_mod.time, "perf_counter", fake_clock)
+    summary = _trainer(cfg, store_path, run).fit()
+    monkeypatch.undo()
+    assert summary["time_limit_reached"] and not summary["interrupted"]
+    assert 0 < summary["steps"] < 50
+    assert ckpt.latest_complete(run).name == f"step_{summary['steps']}"
+    done = _trainer(tiny_config(num_steps=50, checkpoint_every=20, log_every=1), store_path, run).fit(resume=True)
+    assert not done["time_limit_reached"]
+    assert ckpt.latest_complete(run).name == "step_50" and 50 in _losses(run)

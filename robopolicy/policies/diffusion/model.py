@@ -24,9 +24,10 @@ from einops import rearrange
 from torch import nn
 
 from robopolicy.data.normalizer import Normalizer
-from robopolicy.diffusion.samplers import InferenceDefaults, sample_chunk
+from robopolicy.diffusion.samplers import InferenceDefaults, ddpm_step_noise, sample_chunk
 from robopolicy.diffusion.schedulers import make_ddpm
 from robopolicy.diffusion.view import PredictionType, VPDenoiserView, repeat_cond
+from robopolicy.inference.engine import GraphedSampler
 from robopolicy.inference.output import PolicyOutput
 from robopolicy.nn.configs import BackboneConfig, ObsEncoderConfig, TransformerConfig, UnetConfig
 from robopolicy.nn.obs_encoders import MultiModalObsEncoder
@@ -148,8 +149,8 @@ class DiffusionPolicy(Policy):
         view = self.__dict__.get("_view")
         if view is None:
             view = VPDenoiserView(
-                self.model,
-                self.encode_obs,
+                self._engine_step,
+                self._engine_encode,
                 self.unnormalize_action,
                 (self.config.horizon, self.config.action_spec.dim),
                 self.config.noise,
@@ -158,6 +159,18 @@ class DiffusionPolicy(Policy):
             )
             self.__dict__["_view"] = view
         return view
+
+    def _engine_encode(self, obs: Mapping[str, Any]) -> Any:
+        """The view's ``encode``: obs features, prepared by the network's inference engine (its
+        per-chunk work, e.g. the U-Net's FiLM of the condition, is done here once)."""
+        engine = self.network_engine(self.model)
+        self.__dict__["_step_engine"] = engine
+        return engine.prepare(self.encode_obs(obs))
+
+    def _engine_step(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any) -> torch.Tensor:
+        """The view's network call: the engine that prepared ``cond``."""
+        engine = self.__dict__.get("_step_engine") or self.network_engine(self.model)
+        return engine(x, t, cond)
 
     def unnormalize_action(self, x0: torch.Tensor) -> torch.Tensor:
         """Normalized (..., Da) -> env units (affine; no snapping)."""
@@ -192,14 +205,37 @@ class DiffusionPolicy(Policy):
         b, n = cond.shape[0], num_samples
         gens = _row_generators(generator, b, n)
         x = self._initial_noise(options.noise, gens, b, n)
-        x0 = sample_chunk(
-            view, repeat_cond(cond, n), noise=x, method=method.value, steps=steps, generator=gens, x0_clip=self.x0_clip
-        )
+        cond = repeat_cond(cond, n)
+        if self.engine_config.cuda_graph and x.is_cuda and torch.is_tensor(cond):
+            x0 = self._graphed_chunk(view, cond, x, method, steps, gens)
+        else:
+            x0 = sample_chunk(
+                view, cond, noise=x, method=method.value, steps=steps, generator=gens, x0_clip=self.x0_clip
+            )
         actions = view.to_action(x0, snap=True)
         nfe = 2 * steps - 1 if method is Sampler.HEUN else steps
         if n > 1:
             actions = rearrange(actions, "(b n) h d -> b n h d", b=b)
         return PolicyOutput(actions, {"nfe": torch.full((b,), n * nfe, dtype=torch.int64)})
+
+    def _graphed_chunk(
+        self, view: VPDenoiserView, cond: torch.Tensor, noise: torch.Tensor, method: Sampler, steps: int, gens
+    ) -> torch.Tensor:
+        """``sample_chunk`` replayed from a CUDA graph (``engine.cuda_graph``); DDPM's step noise
+        is drawn ahead from the same generators in the same order, so the chunk is the same."""
+        inputs = {"cond": cond, "noise": noise}
+        if method is Sampler.DDPM:
+            inputs["step_noise"] = ddpm_step_noise(view.sigmas(steps), tuple(noise.shape), gens, noise.device)
+
+        def run(cond: torch.Tensor, noise: torch.Tensor, step_noise: torch.Tensor | None = None) -> torch.Tensor:
+            return sample_chunk(
+                view, cond, noise=noise, method=method.value, steps=steps, x0_clip=self.x0_clip, step_noise=step_noise
+            )
+
+        graphs = self.__dict__.setdefault("_graphs", GraphedSampler())
+        engine = self.network_engine(self.model)
+        key = (id(engine), tuple(cond.shape), tuple(noise.shape), method.value, steps)
+        return graphs.run(key, run, inputs)
 
     def _initial_noise(self, noise: torch.Tensor | None, gens: list | None, b: int, n: int) -> torch.Tensor:
         shape = (self.config.horizon, self.config.action_spec.dim)
