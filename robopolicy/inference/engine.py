@@ -170,7 +170,10 @@ class NetworkEngine:
 
 
 def _versions(network: nn.Module) -> tuple:
-    return tuple((id(p), p._version) for p in network.parameters())
+    """What changes when weights change: each parameter's identity, storage and version counter
+    (an optimizer step, an in-place op, ``load_state_dict`` or ``p.data = t``). A write through
+    ``p.data.add_()`` bumps no counter: after one, call ``policy.set_engine(...)`` again."""
+    return tuple((id(p), p.data_ptr(), p._version) for p in network.parameters())
 
 
 EngineBuilder = Callable[[nn.Module, EngineConfig, Backend], NetworkEngine]

@@ -105,12 +105,16 @@ class ObsEncoderConfig:
     """Spatial-softmax keypoints per camera."""
     crop_shape: tuple[int, int] | None = None
     """(h, w) random crop in training / center crop in eval; None: no crop."""
+    output_activation: str = "none"
+    """After each camera's Linear: ``none`` (Diffusion Policy) or ``relu`` (lerobot's DiffusionRgbEncoder)."""
 
     def __post_init__(self) -> None:
         if self.crop_shape is not None:
             object.__setattr__(self, "crop_shape", tuple(int(c) for c in self.crop_shape))
             if len(self.crop_shape) != 2 or min(self.crop_shape) < 1:
                 raise ValueError(f"crop_shape must be (h, w) with h, w >= 1, got {self.crop_shape}")
+        if self.output_activation not in ("none", "relu"):
+            raise ValueError(f"output_activation must be 'none' or 'relu', got {self.output_activation!r}")
         for name in ("image_width", "image_feature_dim", "num_kp"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -28,6 +28,7 @@ float or a (B,) / (1,) tensor (fractional steps are fine).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -149,13 +150,13 @@ class FastUnet1D(nn.Module):
     """Inference-only GEMM form of a trained :class:`ConditionalUnet1D` (weights copied, frozen).
 
     Build with ``FastUnet1D(unet)``; the source network is not changed and keeps training.
-    ``flat_cond=False`` takes per-step conditions (B, To, D) as Diffusion Policy's backbone does.
+    ``cond`` may be flat (B, G) or per step (B, To, D) (flattened, as Diffusion Policy's backbone does).
     """
 
     def __init__(self, unet: ConditionalUnet1D, *, step_cache_size: int = 4096) -> None:
         super().__init__()
         self.min_horizon_multiple = unet.min_horizon_multiple
-        self.step_encoder = unet.step_encoder
+        self.step_encoder = copy.deepcopy(unet.step_encoder)  # a frozen copy: the source keeps training
         self.dsed = unet.step_encoder[1].in_features
         res_blocks = _res_blocks(unet)
         # one joint FiLM table: rows of every block's Linear(cond_dim, 2C), stacked

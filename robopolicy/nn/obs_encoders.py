@@ -135,18 +135,20 @@ class ImageEncoder(nn.Module):
         num_kp: int = 32,
         feature_dim: int = 64,
         crop_shape: tuple[int, int] | None = None,
+        output_activation: str = "none",
     ) -> None:
         super().__init__()
         self.crop = CropTransform(tuple(crop_shape)) if crop_shape is not None else None
         self.trunk = ResNet18Trunk(in_channels, width)
         self.pool = SpatialSoftmax(self.trunk.out_channels, num_kp)
         self.proj = nn.Linear(2 * num_kp, feature_dim)
+        self.act = nn.ReLU() if output_activation == "relu" else nn.Identity()
         self.feature_dim = feature_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.crop is not None:
             x = self.crop(x, train=self.training)
-        return self.proj(self.pool(self.trunk(x)))
+        return self.act(self.proj(self.pool(self.trunk(x))))
 
 
 class MultiModalObsEncoder(nn.Module):
@@ -163,6 +165,7 @@ class MultiModalObsEncoder(nn.Module):
         num_kp: int = 32,
         feature_dim: int = 64,
         crop_shape: tuple[int, int] | None = None,
+        output_activation: str = "none",
     ) -> None:
         super().__init__()
         self.low_dim_keys = [f.key for f in obs_spec.low_dim]
@@ -171,7 +174,7 @@ class MultiModalObsEncoder(nn.Module):
         self.cameras = nn.ModuleDict()
         for f in obs_spec.images:
             channels = f.shape[-1]  # stored HWC
-            enc = ImageEncoder(channels, width, num_kp, feature_dim, crop_shape)
+            enc = ImageEncoder(channels, width, num_kp, feature_dim, crop_shape, output_activation)
             self.cameras[_module_name(f.key)] = enc
         self.out_dim = self.low_dim_size + feature_dim * len(self.image_keys)
 

@@ -82,7 +82,16 @@ class TransformerForDiffusion(nn.Module):
         tokens = self.drop(self.input_emb(x) + self.pos_emb)
         memory = torch.cat([self.time_emb(t)[:, None], self.cond_obs_emb(cond)], dim=1)
         memory = self.cond_encoder(self.drop(memory + self.cond_pos_emb))
-        out = self.decoder(tokens, memory, tgt_mask=self.tgt_mask, memory_mask=self.memory_mask)
+        # is-causal stated, not detected: torch's detection compares the mask on the device and
+        # reads the result back (a host sync, which also breaks CUDA graph capture)
+        out = self.decoder(
+            tokens,
+            memory,
+            tgt_mask=self.tgt_mask,
+            memory_mask=self.memory_mask,
+            tgt_is_causal=self.tgt_mask is not None,
+            memory_is_causal=False,
+        )
         return self.head(self.ln_f(out))
 
     def optim_groups(self, weight_decay: float) -> list[dict]:

@@ -136,7 +136,7 @@ _FLAT_BACKBONE = {
     "transformer": ("n_layer", "n_head", "n_emb", "p_drop_emb", "p_drop_attn", "causal_attn"),
 }
 _FLAT_PARTS = {
-    "obs_encoder": ("image_width", "image_feature_dim", "num_kp", "crop_shape"),
+    "obs_encoder": ("image_width", "image_feature_dim", "num_kp", "crop_shape", "output_activation"),
     "noise": ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "clip_sample", "prediction_type"),
     "inference": ("sampler", "num_inference_steps"),
 }

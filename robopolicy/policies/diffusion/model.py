@@ -100,7 +100,7 @@ class DiffusionPolicy(Policy):
         super().__init__(config, normalizer)
         enc = config.obs_encoder
         self.obs_encoder = MultiModalObsEncoder(
-            config.obs_spec, enc.image_width, enc.num_kp, enc.image_feature_dim, enc.crop_shape
+            config.obs_spec, enc.image_width, enc.num_kp, enc.image_feature_dim, enc.crop_shape, enc.output_activation
         )
         build = BACKBONES.get(type(config.backbone))
         if build is None:
