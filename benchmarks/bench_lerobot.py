@@ -203,7 +203,7 @@ def percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q))
 
 
-def measure(ours: Worker, lerobot: Worker, runs: int, warmup: int) -> list[dict]:
+def measure(ours: Worker, lerobot: Worker, runs: int, warmup: int, gap_s: float = 0.0) -> list[dict]:
     rows = []
     for sampler, steps in SAMPLERS:
         for i in range(warmup):
@@ -216,6 +216,7 @@ def measure(ours: Worker, lerobot: Worker, runs: int, warmup: int) -> list[dict]
             order = (ours, lerobot) if i % 2 == 0 else (lerobot, ours)
             got = {}
             for w in order:
+                time.sleep(gap_s)  # the other stack's spinning worker threads go idle first
                 ms, got[w.kind] = w.chunk(sampler, steps, seed)
                 times[w.kind].append(ms)
             diff = max(diff, float(np.abs(got["ours"] - got["lerobot"]).max()))
@@ -291,7 +292,7 @@ def run_workers(args: argparse.Namespace, work: Path) -> tuple[dict, dict, list[
     try:
         lerobot = Worker("lerobot", args.lerobot_python, lerobot_ckpt, obs, args.threads, None)
         try:
-            rows = measure(ours, lerobot, args.runs, args.warmup)
+            rows = measure(ours, lerobot, args.runs, args.warmup, args.gap_ms / 1000.0)
             return meta, {"ours": ours.meta, "lerobot": lerobot.meta}, rows
         finally:
             lerobot.close()
@@ -299,8 +300,11 @@ def run_workers(args: argparse.Namespace, work: Path) -> tuple[dict, dict, list[
         ours.close()
 
 
-def drive(args: argparse.Namespace) -> None:
+LOAD_BEFORE = [None]
 
+
+def drive(args: argparse.Namespace) -> None:
+    LOAD_BEFORE[0] = os.getloadavg()
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="bench_lerobot_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -313,7 +317,13 @@ def drive(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "lerobot.json"
     results = json.loads(path.read_text()) if path.is_file() else {"variants": {}}
-    results["variants"][args.variant] = {
+    key = f"{args.variant}, ours: engine {args.ours_engine or 'default'}, {args.threads} thread(s)"
+    results["variants"][key] = {
+        "variant": args.variant,
+        "ours_engine": args.ours_engine,
+        "threads": args.threads,
+        "gap_ms": args.gap_ms,
+        "loadavg_before": LOAD_BEFORE[0],
         "description": describe(args.variant),
         "machine": meta,
         "loadavg_after": os.getloadavg(),
@@ -322,7 +332,7 @@ def drive(args: argparse.Namespace) -> None:
     }
     path.write_text(json.dumps(results, indent=2))
     (out / "lerobot.md").write_text(markdown(results))
-    print(markdown({"variants": {args.variant: results["variants"][args.variant]}}))
+    print(markdown({"variants": {key: results["variants"][key]}}))
     print(f"wrote {path} and lerobot.md", file=sys.stderr)
 
 
@@ -332,6 +342,13 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=30, help="timed chunk calls per sampler and stack")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per sampler and stack first")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads in both workers")
+    p.add_argument(
+        "--gap-ms",
+        type=float,
+        default=200.0,
+        help="idle pause before each timed call, so that neither stack's spinning threads (OpenMP, ONNX Runtime) "
+        "still hold a core while the other is timed (default 200)",
+    )
     p.add_argument("--ours-engine", default=None, help="inference engine of ours (passed to the engine hook)")
     p.add_argument("--out-dir", default=str(RESULTS), help="where lerobot.json / lerobot.md go")
     p.add_argument("--work-dir", default=None, help="checkpoints and inputs (default: a new temporary directory)")

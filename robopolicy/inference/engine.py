@@ -13,7 +13,13 @@ float tolerance) chosen per situation::
     compiled    ``gemm`` compiled ahead of time by TorchInductor (AOTInductor),  ~30 s once per
                 C++ wrapper, no Python per op; cached on disk by weights+shapes  network, batch
     onnx        ONNX Runtime on the network with the FiLM inputs exposed         ~1 s per build
-    auto        CPU: ``gemm``; CUDA: ``eager`` (cuDNN) in the chosen dtype
+    auto        CPU: ``onnx`` (``gemm`` without onnxruntime, or if the export fails);
+                CUDA: ``eager`` (cuDNN) in the chosen dtype, optionally CUDA-graphed
+
+Measured on a 2-core CPU (benchmarks/results/engines.md, lerobot.md): at batch 1 ``onnx`` runs
+a chunk of the small U-Net 2.5-3.1x faster than the training network (= lerobot), ``compiled``
+about 2x, ``gemm`` about 1.5x; from batch ~4 up ``gemm`` wins. ``robopolicy bench inference``
+measures them on the machine at hand.
 
 ``EngineConfig.device`` moves the policy (``auto``: CUDA when there is one), ``dtype`` runs the
 network in bfloat16 / float16 under autocast on CUDA (the sampler stays float32), and
@@ -206,7 +212,7 @@ def build_engine(network: nn.Module, config: EngineConfig, device: torch.device)
     _load_builtin_engines()
     backend = config.backend
     if backend is Backend.AUTO:
-        backend = Backend.EAGER if device.type == "cuda" else Backend.GEMM
+        backend = Backend.EAGER if device.type == "cuda" else (Backend.ONNX if _has_onnxruntime() else Backend.GEMM)
     if backend is Backend.EAGER:
         return NetworkEngine(network, config)
     if device.type == "cuda":
@@ -223,6 +229,12 @@ def build_engine(network: nn.Module, config: EngineConfig, device: torch.device)
     if config.backend is Backend.AUTO:
         return NetworkEngine(network, config)
     raise ValueError(f"{type(network).__name__} has no {backend.value!r} engine (it has only 'eager')")
+
+
+def _has_onnxruntime() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def _load_builtin_engines() -> None:

@@ -9,6 +9,9 @@ U-Net (:class:`~robopolicy.nn.unet1d.ConditionalUnet1D`, Diffusion Policy's CNN)
   ``pip install onnxruntime onnx``).
 
 Each caches the condition's FiLM once per chunk (``prepare``) and the step's per distinct step.
+
+Transformer (:class:`~robopolicy.nn.transformer.TransformerForDiffusion`): ``onnx``, the whole
+network in ONNX Runtime (static shapes; no per-chunk split).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import nn
 
 from robopolicy.inference.engine import Backend, EngineConfig, NetworkEngine, cache_dir, register_engine, weights_key
 from robopolicy.nn.fast_unet import FastUnet1D, UnetFilmCore
+from robopolicy.nn.transformer import TransformerForDiffusion
 from robopolicy.nn.unet1d import ConditionalUnet1D
 
 log = logging.getLogger(__name__)
@@ -123,6 +127,7 @@ class OnnxUnetEngine(GemmUnetEngine):
             raise ImportError("engine backend 'onnx' needs onnxruntime and onnx: pip install onnxruntime onnx") from e
         self.ort = ort
         self.sessions: dict[tuple[int, ...], Any] = {}
+        self.fallback = False
 
     def session(self, shape: tuple[int, ...], n_film: int) -> Any:
         sess = self.sessions.get(shape)
@@ -154,8 +159,17 @@ class OnnxUnetEngine(GemmUnetEngine):
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor) -> torch.Tensor:
         if x.shape[1] % self.fast.min_horizon_multiple:
             raise ValueError(f"horizon must be a multiple of {self.fast.min_horizon_multiple}, got {x.shape[1]}")
+        if self.fallback:
+            return super().__call__(x, t, cond)
         film = self.film(t, cond).expand(x.shape[0], -1)
-        sess = self.session(tuple(x.shape), film.shape[1])
+        try:
+            sess = self.session(tuple(x.shape), film.shape[1])
+        except Exception as e:  # an exporter or runtime that cannot take this network
+            if self.config.backend is not Backend.AUTO:
+                raise RuntimeError(f"engine 'onnx' could not export or load the U-Net: {e}") from e
+            log.warning("engine auto: ONNX export failed (%s); using the gemm engine", e)
+            self.fallback = True
+            return super().__call__(x, t, cond)
         feeds = {"x": x.detach().contiguous().numpy(), "film": film.detach().contiguous().numpy()}
         return torch.from_numpy(sess.run(None, feeds)[0])
 
@@ -164,3 +178,75 @@ class OnnxUnetEngine(GemmUnetEngine):
 def _unet_engine(network: nn.Module, config: EngineConfig, backend: Backend) -> NetworkEngine:
     cls = {Backend.GEMM: GemmUnetEngine, Backend.COMPILED: CompiledUnetEngine, Backend.ONNX: OnnxUnetEngine}[backend]
     return cls(network, config)
+
+
+class OnnxNetworkEngine(NetworkEngine):
+    """ONNX Runtime on a whole ``network(x, t, cond)`` (t a (B,) tensor), one static-shape session
+    per (x, cond) shape; under ``auto`` a failed export falls back to the network as is. Used for
+    networks without a FiLM split, e.g. the diffusion transformer."""
+
+    backend = Backend.ONNX
+    max_sessions = 32
+
+    def __init__(self, network: nn.Module, config: EngineConfig) -> None:
+        super().__init__(network, config)
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise ImportError("engine backend 'onnx' needs onnxruntime and onnx: pip install onnxruntime onnx") from e
+        self.ort = ort
+        self.sessions: dict[tuple, Any] = {}
+        self.fallback = False
+
+    def session(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> Any:
+        key = (tuple(x.shape), tuple(cond.shape))
+        sess = self.sessions.get(key)
+        if sess is None:
+            buf = io.BytesIO()
+            was_training = self.network.training
+            self.network.eval()
+            try:
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(
+                        self.network,
+                        (torch.zeros_like(x), torch.zeros_like(t), torch.zeros_like(cond)),
+                        buf,
+                        input_names=["x", "t", "cond"],
+                        output_names=["y"],
+                        opset_version=17,
+                        dynamo=False,
+                    )
+            finally:
+                self.network.train(was_training)
+            opts = self.ort.SessionOptions()
+            opts.intra_op_num_threads = self.config.threads or torch.get_num_threads()
+            opts.inter_op_num_threads = 1
+            opts.log_severity_level = 3
+            sess = self.ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+            if len(self.sessions) >= self.max_sessions:
+                self.sessions.clear()
+            self.sessions[key] = sess
+        return sess
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any) -> torch.Tensor:
+        if self.fallback or not torch.is_tensor(cond):
+            return super().__call__(x, t, cond)
+        tt = (t if torch.is_tensor(t) else self.timestep(t, x)).float().reshape(-1).expand(x.shape[0]).contiguous()
+        try:
+            sess = self.session(x, tt, cond)
+        except Exception as e:  # an exporter or runtime that cannot take this network
+            if self.config.backend is not Backend.AUTO:
+                raise RuntimeError(f"engine 'onnx' could not export or load {type(self.network).__name__}: {e}") from e
+            log.warning(
+                "engine auto: ONNX export of %s failed (%s); running it eagerly", type(self.network).__name__, e
+            )
+            self.fallback = True
+            return super().__call__(x, t, cond)
+        feeds = {"x": x.detach().contiguous().numpy(), "t": tt.numpy(), "cond": cond.detach().contiguous().numpy()}
+        return torch.from_numpy(sess.run(None, feeds)[0])
+
+
+@register_engine(TransformerForDiffusion, (Backend.ONNX,))
+def _transformer_engine(network: nn.Module, config: EngineConfig, backend: Backend) -> NetworkEngine:
+    return OnnxNetworkEngine(network, config)

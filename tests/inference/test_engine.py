@@ -197,7 +197,8 @@ def test_engines_give_the_actions_of_eager_small_preset(small_preset, backend, s
     close(out, ref, atol=1e-4)
 
 
-def test_auto_on_cpu_runs_the_gemm_engine():
+def test_auto_on_cpu_runs_the_onnx_engine():
+    pytest.importorskip("onnxruntime")
     policy = tiny_policy()
     assert policy.engine_config.backend is Backend.AUTO  # the default
     for spec in (None, "auto"):
@@ -205,20 +206,27 @@ def test_auto_on_cpu_runs_the_gemm_engine():
             policy.set_engine(spec)
         predict(policy, obs(1), "ddim", 4, num_samples=1, seed=0)
         engine = policy.network_engine(policy.model)
-        assert type(engine) is GemmUnetEngine
+        assert type(engine) is OnnxUnetEngine and not engine.fallback
         assert len(engine.fast._steps) == 4  # predict ran through it: one step-table row per DDIM step
+        assert len(engine.sessions) == 1
     assert backends_for(policy.model) == ["eager", "gemm", "compiled", "onnx"]
 
 
-def test_the_transformer_runs_eager_under_auto_and_refuses_fast_backends():
+def test_the_transformer_runs_onnx_under_auto_and_refuses_unet_backends():
+    pytest.importorskip("onnxruntime")
+    from robopolicy.inference.engines import OnnxNetworkEngine
+
     policy = tiny_policy("transformer")
-    assert backends_for(policy.model) == ["eager"]
+    randomize(policy.model, std=0.1, seed=3)
+    assert backends_for(policy.model) == ["eager", "onnx"]
     o = obs(2)
     ref = predict(policy.set_engine("eager"), o, "ddim", 4)
     out = predict(policy.set_engine("auto"), o, "ddim", 4)
-    assert type(policy.network_engine(policy.model)) is NetworkEngine
-    assert torch.equal(out, ref)
-    for backend in ("gemm", "onnx", "compiled"):
+    engine = policy.network_engine(policy.model)
+    assert type(engine) is OnnxNetworkEngine and not engine.fallback and len(engine.sessions) == 1
+    close(out, ref, atol=1e-4)
+    assert (out - predict(policy, o, "ddim", 4, seed=7)).abs().max() > 1e-3  # the noise matters: not a constant
+    for backend in ("gemm", "compiled"):
         policy.set_engine(backend)
         with pytest.raises(ValueError, match=f"TransformerForDiffusion has no '{backend}' engine"):
             predict(policy, o, "ddim", 4)
@@ -297,7 +305,7 @@ def test_training_never_runs_the_engine():
     engine = policy.network_engine(policy.model)
     assert type(engine) is NetworkEngine and engine.network is policy.model
     policy.eval()
-    assert type(policy.network_engine(policy.model)) is GemmUnetEngine
+    assert type(policy.network_engine(policy.model)) in (GemmUnetEngine, OnnxUnetEngine)
 
 
 def test_predicting_with_gemm_leaves_the_network_trainable():
@@ -556,3 +564,20 @@ def test_the_compiled_engine_equals_eager_and_loads_from_its_disk_cache(tmp_path
     single = predict(policy, obs(1), "ddim", 4, num_samples=1, seed=1)  # another batch size: same package
     close(single, predict(policy.set_engine("eager"), obs(1), "ddim", 4, num_samples=1, seed=1), atol=1e-4)
     assert sorted((tmp_path / "engines").glob("*.pt2")) == packages
+
+
+def test_auto_falls_back_to_gemm_when_the_onnx_export_fails(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import robopolicy.inference.engines as engines_mod
+
+    def broken_export(*args, **kwargs):
+        raise RuntimeError("exporter unavailable")
+
+    monkeypatch.setattr(engines_mod.torch.onnx, "export", broken_export)
+    policy = tiny_policy()
+    ref = predict(tiny_policy().set_engine("eager"), obs(1), "ddim", 4, num_samples=1, seed=0)
+    out = predict(policy, obs(1), "ddim", 4, num_samples=1, seed=0)
+    close(out, ref, atol=1e-4)
+    assert policy.network_engine(policy.model).fallback
+    with pytest.raises(RuntimeError, match="engine 'onnx' could not export"):
+        predict(tiny_policy().set_engine("onnx"), obs(1), "ddim", 4, num_samples=1, seed=0)
