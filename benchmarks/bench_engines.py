@@ -85,7 +85,7 @@ def forward_rows(policy, batches, threads_list) -> list[dict]:
                 for name in ENGINES:
                     eng = build_engine(net, EngineConfig(backend=name, threads=threads), torch.device("cpu"))
                     prepared = eng.prepare(cond)
-                    fns[name] = lambda eng=eng, prepared=prepared: eng(x, 10.0, prepared)
+                    fns[name] = lambda eng=eng, prepared=prepared, x=x: eng(x, 10.0, prepared)
                 with cpu_threads(threads):
                     for _ in range(2):  # builds sessions / loads compiled packages outside the timing
                         for fn in fns.values():
@@ -107,7 +107,7 @@ def chunk_rows(policy, threads_list) -> list[dict]:
             for name in ENGINES:
                 policy.set_engine({"backend": name, "threads": threads})
                 eng = policy.network_engine(policy.model)
-                fns[name] = lambda eng=eng: _predict_with(policy, eng, obs, opts)
+                fns[name] = lambda eng=eng, opts=opts: _predict_with(policy, eng, obs, opts)
             med = interleaved(fns, rounds=rounds, reps=1)
             for name, t in med.items():
                 rows.append({"threads": threads, "sampler": f"{sampler}-{steps}", "engine": name, "chunk_ms": t * 1e3})

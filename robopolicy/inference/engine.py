@@ -13,12 +13,13 @@ float tolerance) chosen per situation::
     compiled    ``gemm`` compiled ahead of time by TorchInductor (AOTInductor),  ~30 s once per
                 C++ wrapper, no Python per op; cached on disk by weights+shapes  network, batch
     onnx        ONNX Runtime on the network with the FiLM inputs exposed         ~1 s per build
-    auto        CPU: ``onnx`` (``gemm`` without onnxruntime, or if the export fails);
+    auto        CPU: ``onnx`` up to batch 2, ``gemm`` above (and without onnxruntime, or if
+                the export fails);
                 CUDA: ``eager`` (cuDNN) in the chosen dtype, optionally CUDA-graphed
 
 Measured on a 2-core CPU (benchmarks/results/engines.md, lerobot.md): at batch 1 ``onnx`` runs
 a chunk of the small U-Net 2.5-3.1x faster than the training network (= lerobot), ``compiled``
-about 2x, ``gemm`` about 1.5x; from batch ~4 up ``gemm`` wins. ``robopolicy bench inference``
+about as fast (after its compile), ``gemm`` about 1.5x; from batch 4 up ``onnx`` falls behind. ``robopolicy bench inference``
 measures them on the machine at hand.
 
 ``EngineConfig.device`` moves the policy (``auto``: CUDA when there is one), ``dtype`` runs the

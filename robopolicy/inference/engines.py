@@ -118,6 +118,9 @@ class OnnxUnetEngine(GemmUnetEngine):
 
     backend = Backend.ONNX
     max_sessions = 32
+    auto_max_batch = 2
+    """Under ``auto``, larger batches run the gemm path: measured faster from batch 4 up
+    (benchmarks/results/engines.md: 6.3 vs 8.1 ms per forward at batch 4, 1 thread)."""
 
     def __init__(self, network: ConditionalUnet1D, config: EngineConfig) -> None:
         super().__init__(network, config)
@@ -159,7 +162,7 @@ class OnnxUnetEngine(GemmUnetEngine):
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor) -> torch.Tensor:
         if x.shape[1] % self.fast.min_horizon_multiple:
             raise ValueError(f"horizon must be a multiple of {self.fast.min_horizon_multiple}, got {x.shape[1]}")
-        if self.fallback:
+        if self.fallback or (self.config.backend is Backend.AUTO and x.shape[0] > self.auto_max_batch):
             return super().__call__(x, t, cond)
         film = self.film(t, cond).expand(x.shape[0], -1)
         try:

@@ -581,3 +581,15 @@ def test_auto_falls_back_to_gemm_when_the_onnx_export_fails(monkeypatch):
     assert policy.network_engine(policy.model).fallback
     with pytest.raises(RuntimeError, match="engine 'onnx' could not export"):
         predict(tiny_policy().set_engine("onnx"), obs(1), "ddim", 4, num_samples=1, seed=0)
+
+
+def test_auto_runs_larger_batches_on_the_gemm_path():
+    pytest.importorskip("onnxruntime")
+    policy = tiny_policy()
+    ref = predict(tiny_policy().set_engine("eager"), obs(4), "ddim", 4, num_samples=1)
+    out = predict(policy, obs(4), "ddim", 4, num_samples=1)
+    engine = policy.network_engine(policy.model)
+    assert type(engine) is OnnxUnetEngine and not engine.sessions  # batch 4: no ONNX session was built
+    close(out, ref, atol=1e-4)
+    predict(policy, obs(2), "ddim", 4, num_samples=1)
+    assert len(engine.sessions) == 1
