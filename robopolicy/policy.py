@@ -316,6 +316,26 @@ class Policy(nn.Module):
             engine = engines[key] = build_engine(network, cfg, self.device)
         return engine
 
+    def module_engine(self, module: nn.Module) -> Any:
+        """A one-input module run once per chunk (a camera's image encoder) as the engine runs it:
+        in ONNX Runtime under ``auto`` / ``onnx`` on a CPU, else the module itself (and always the
+        module itself in train mode). Rebuilt when the module's weights change."""
+        from robopolicy.inference.engine import Backend, _has_onnxruntime
+
+        cfg = self.engine_config
+        if self.training or self.device.type != "cpu" or cfg.backend not in (Backend.AUTO, Backend.ONNX):
+            return module
+        if not _has_onnxruntime():
+            return module
+        from robopolicy.inference.engines import OnnxModule
+
+        engines = self.__dict__.setdefault("_engines", {})
+        key = ("module", id(module), str(self.device))
+        engine = engines.get(key)
+        if engine is None or engine.network is not module or engine.stale():
+            engine = engines[key] = OnnxModule(module, cfg)
+        return engine
+
     def reset(self, env_ids: Sequence[int] | None = None) -> None:
         """Clear the per-episode state of ``env_ids`` (all if None). Stateless policies do nothing."""
 

@@ -253,3 +253,54 @@ class OnnxNetworkEngine(NetworkEngine):
 @register_engine(TransformerForDiffusion, (Backend.ONNX,))
 def _transformer_engine(network: nn.Module, config: EngineConfig, backend: Backend) -> NetworkEngine:
     return OnnxNetworkEngine(network, config)
+
+
+class OnnxModule(NetworkEngine):
+    """A one-input module (e.g. a camera's image encoder, run once per chunk) in ONNX Runtime, one
+    static-shape session per input shape; under ``auto`` a failed export runs the module as is."""
+
+    backend = Backend.ONNX
+    max_sessions = 16
+
+    def __init__(self, module: nn.Module, config: EngineConfig) -> None:
+        super().__init__(module, config)
+        import onnxruntime as ort
+
+        self.ort = ort
+        self.sessions: dict[tuple[int, ...], Any] = {}
+        self.fallback = False
+
+    def session(self, x: torch.Tensor) -> Any:
+        sess = self.sessions.get(tuple(x.shape))
+        if sess is None:
+            buf = io.BytesIO()
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    self.network, (torch.zeros_like(x),), buf, input_names=["x"], output_names=["y"], opset_version=17,
+                    dynamo=False,
+                )  # fmt: skip
+            opts = self.ort.SessionOptions()
+            opts.intra_op_num_threads = self.config.threads or torch.get_num_threads()
+            opts.inter_op_num_threads = 1
+            opts.log_severity_level = 3
+            sess = self.ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+            if len(self.sessions) >= self.max_sessions:
+                self.sessions.clear()
+            self.sessions[tuple(x.shape)] = sess
+        return sess
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if self.fallback or self.network.training:
+            return self.network(x)
+        try:
+            sess = self.session(x)
+        except Exception as e:
+            if self.config.backend is not Backend.AUTO:
+                raise RuntimeError(f"engine 'onnx' could not export or load {type(self.network).__name__}: {e}") from e
+            log.warning(
+                "engine auto: ONNX export of %s failed (%s); running it eagerly", type(self.network).__name__, e
+            )
+            self.fallback = True
+            return self.network(x)
+        return torch.from_numpy(sess.run(None, {"x": x.detach().float().contiguous().numpy()})[0])

@@ -10,8 +10,9 @@ Inputs are *normalized* observations as returned by ``Policy.normalize_obs``::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from einops import rearrange
@@ -115,11 +116,15 @@ class SpatialSoftmax(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         attn = torch.softmax(rearrange(self.kp(x), "n k h w -> n k (h w)"), dim=-1)
-        ys, xs = torch.meshgrid(
-            torch.linspace(-1, 1, h, device=x.device), torch.linspace(-1, 1, w, device=x.device), indexing="ij"
-        )
+        ys, xs = torch.meshgrid(_unit_range(h, x.device), _unit_range(w, x.device), indexing="ij")
         grid = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)  # (HW, 2)
         return rearrange(attn @ grid, "n k two -> n (k two)")
+
+
+def _unit_range(n: int, device: torch.device) -> torch.Tensor:
+    """``torch.linspace(-1, 1, n)`` (n = 1 gives [-1]) written so that exporters keep n = 1 finite
+    (ONNX's linspace divides by n - 1)."""
+    return torch.arange(n, device=device, dtype=torch.float32) * (2.0 / max(n - 1, 1)) - 1.0
 
 
 class ImageEncoder(nn.Module):
@@ -178,12 +183,15 @@ class MultiModalObsEncoder(nn.Module):
             self.cameras[_module_name(f.key)] = enc
         self.out_dim = self.low_dim_size + feature_dim * len(self.image_keys)
 
-    def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, obs: Mapping[str, torch.Tensor], run: Callable[[nn.Module], Any] | None = None) -> torch.Tensor:
+        """``run(encoder)`` gives the callable that runs a camera's encoder (an inference engine);
+        default: the encoder itself."""
         feats = [obs[k] for k in self.low_dim_keys]
         for k in self.image_keys:
             x = obs[k]
             b = x.shape[0]
-            y = self.cameras[_module_name(k)](rearrange(x, "b t c h w -> (b t) c h w"))
+            enc = self.cameras[_module_name(k)]
+            y = (run(enc) if run is not None else enc)(rearrange(x, "b t c h w -> (b t) c h w"))
             feats.append(rearrange(y, "(b t) d -> b t d", b=b))
         return torch.cat(feats, dim=-1)
 

@@ -10,6 +10,7 @@ equals the step-by-step draws; the CLI's ``bench inference`` and ``eval --engine
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -593,3 +594,32 @@ def test_auto_runs_larger_batches_on_the_gemm_path():
     close(out, ref, atol=1e-4)
     predict(policy, obs(2), "ddim", 4, num_samples=1)
     assert len(engine.sessions) == 1
+
+
+def test_image_encoders_run_in_onnx_at_inference_only():
+    pytest.importorskip("onnxruntime")
+    from robopolicy.inference.engines import OnnxModule
+    from robopolicy.types import FieldKind, FieldSpec, ObservationSpec
+
+    spec = ObservationSpec((FieldSpec("state", (3,)), FieldSpec("image.cam", (24, 24, 3), FieldKind.IMAGE)))
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(DiffusionPolicy.tiny_configs(spec, ACT)["unet"])
+    rng = np.random.default_rng(0)
+    policy.fit_normalizer({"state": rng.normal(size=(64, 3)), "action": rng.uniform(-1, 1, (64, 2))})
+    policy.eval()
+    o = {
+        "state": rng.normal(size=(2, 2, 3)).astype(np.float32),
+        "image.cam": rng.integers(0, 256, (2, 2, 24, 24, 3), dtype=np.uint8),
+    }
+    ref = predict(copy.deepcopy(policy).set_engine("eager"), o, "ddim", 3, num_samples=1)
+    out = predict(policy, o, "ddim", 3, num_samples=1)
+    close(out, ref, atol=1e-4)
+    cam = policy.obs_encoder.cameras["image_cam"]
+    runner = policy.module_engine(cam)
+    assert type(runner) is OnnxModule and len(runner.sessions) == 1
+    # the loss never goes through it: gradients reach the encoder
+    policy.train()
+    assert policy.module_engine(cam) is cam
+    loss, _ = policy.compute_loss({"obs": o, "action": rng.uniform(-1, 1, (2, 8, 2))})
+    loss.backward()
+    assert cam.proj.weight.grad is not None

@@ -112,13 +112,14 @@ class DiffusionPolicy(Policy):
         self.noise_scheduler = make_ddpm(config.noise)
 
     # ------------------------------------------------------------------ encoding
-    def encode_obs(self, obs: Mapping[str, Any]) -> torch.Tensor:
+    def encode_obs(self, obs: Mapping[str, Any], engine: bool = False) -> torch.Tensor:
         """Env-unit obs ``{key: (B, To, ...)}`` -> per-step features (B, To, D).
 
         Exactly To frames per key (training windows and the view's ``encode`` too): more are
-        refused rather than trimmed, since which ones the caller meant is ambiguous."""
+        refused rather than trimmed, since which ones the caller meant is ambiguous. ``engine``:
+        run the cameras' encoders through the inference engine (inference only, never the loss)."""
         self.config.obs_spec.validate_batch(obs, self.config.n_obs_steps)
-        return self.obs_encoder(self.normalize_obs(obs))
+        return self.obs_encoder(self.normalize_obs(obs), run=self.module_engine if engine else None)
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -165,7 +166,7 @@ class DiffusionPolicy(Policy):
         per-chunk work, e.g. the U-Net's FiLM of the condition, is done here once)."""
         engine = self.network_engine(self.model)
         self.__dict__["_step_engine"] = engine
-        return engine.prepare(self.encode_obs(obs))
+        return engine.prepare(self.encode_obs(obs, engine=True))
 
     def _engine_step(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any) -> torch.Tensor:
         """The view's network call: the engine that prepared ``cond``."""
