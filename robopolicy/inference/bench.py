@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robopolicy.inference.engine import EngineConfig, backends_for, thread_settings
+from robopolicy.inference.engine import Backend, EngineConfig, backends_for, thread_settings
 from robopolicy.types import FieldKind
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,6 +153,10 @@ def run(args: argparse.Namespace) -> int:
     threads = _ints(args.threads) if args.threads else [torch.get_num_threads()]
     device = EngineConfig(device=args.device).resolve_device(policy.device)
     engines = args.engines.split(",") if args.engines else backends_for(policy.model)
+    known = [b.value for b in Backend]
+    bad = [e for e in engines if e not in known]
+    if bad:
+        raise SystemExit(f"error: unknown engine(s) {bad}; choose from {known}")
     if device.type == "cuda":
         engines = ["eager"]
     dtypes = args.dtypes.split(",") if device.type == "cuda" else ["float32"]

@@ -496,6 +496,9 @@ def test_bench_inference_refuses_bad_samplers(capsys):
         assert "--samplers items are sampler:steps" in str(e.value.code)
     assert main([*base, "--samplers", "bogus:2", "--warmup", "0"]) == 2
     assert "'bogus' is not one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--samplers", "ddim:2", "--engines", "eager,bogus"])
+    assert "unknown engine(s) ['bogus']" in str(e.value.code)
 
 
 @pytest.fixture
