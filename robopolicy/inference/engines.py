@@ -108,73 +108,102 @@ class CompiledUnetEngine(GemmUnetEngine):
         return self.runner(x, film)(x.contiguous(), film.contiguous())
 
 
+class OnnxSessions:
+    """ONNX Runtime sessions of one module, one per static input shape (static shapes let ONNX
+    Runtime drop every shape computation from the graph), exported on first use; shared by every
+    ONNX engine. ``get`` returns None, once and for good, when the export fails under ``auto``
+    (the engine then runs its fallback), and raises under an explicit ``onnx``."""
+
+    def __init__(self, config: EngineConfig, max_sessions: int = 32) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise ImportError("engine backend 'onnx' needs onnxruntime and onnx: pip install onnxruntime onnx") from e
+        self.ort, self.config, self.max_sessions = ort, config, max_sessions
+        self.sessions: dict[tuple, Any] = {}
+        self.failed = False
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def get(self, key: tuple, module: nn.Module, inputs: dict[str, torch.Tensor]) -> Any:
+        """The session for ``key``, exporting ``module(*inputs.values())`` (eval mode) if new."""
+        if self.failed:
+            return None
+        sess = self.sessions.get(key)
+        if sess is not None:
+            return sess
+        try:
+            sess = self._build(module, inputs)
+        except Exception as e:  # an exporter or runtime that cannot take this network
+            name = type(module).__name__
+            if self.config.backend is not Backend.AUTO:
+                raise RuntimeError(f"engine 'onnx' could not export or load {name}: {e}") from e
+            log.warning("engine auto: ONNX export of %s failed (%s); running the fallback", name, e)
+            self.failed = True
+            return None
+        if len(self.sessions) >= self.max_sessions:
+            self.sessions.clear()
+        self.sessions[key] = sess
+        return sess
+
+    def _build(self, module: nn.Module, inputs: dict[str, torch.Tensor]) -> Any:
+        buf = io.BytesIO()
+        modes = [(m, m.training) for m in module.modules()]  # restored exactly (shared submodules too)
+        module.eval()
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                example = tuple(torch.zeros_like(v) for v in inputs.values())
+                torch.onnx.export(
+                    module, example, buf, input_names=list(inputs), output_names=["y"], opset_version=17, dynamo=False
+                )
+        finally:
+            for m, mode in modes:
+                m.training = mode
+        opts = self.ort.SessionOptions()
+        opts.intra_op_num_threads = self.config.threads or torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        return self.ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+
+
+def _run(sess: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    feeds = {k: v.detach().float().contiguous().numpy() for k, v in inputs.items()}
+    return torch.from_numpy(sess.run(None, feeds)[0])
+
+
 class OnnxUnetEngine(GemmUnetEngine):
     """ONNX Runtime on the U-Net with its FiLM inputs exposed (native convolutions).
 
-    One session per (batch, horizon, action dim): static shapes let ONNX Runtime drop every
-    shape computation from the graph (measured 1.4 ms against 2.1 ms per forward at batch 1).
-    A batch size seen for the first time costs one export (well under a second for the presets).
+    One session per (batch, horizon, action dim) (measured 1.4 ms against 2.1 ms per forward at
+    batch 1 with dynamic shapes). A batch size seen for the first time costs one export (well
+    under a second for the presets); a failed export under ``auto`` falls back to ``gemm``.
     """
 
     backend = Backend.ONNX
-    max_sessions = 32
     auto_max_batch = 2
     """Under ``auto``, larger batches run the gemm path: measured faster from batch 4 up
     (benchmarks/results/engines.md: 6.3 vs 8.1 ms per forward at batch 4, 1 thread)."""
 
     def __init__(self, network: ConditionalUnet1D, config: EngineConfig) -> None:
         super().__init__(network, config)
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise ImportError("engine backend 'onnx' needs onnxruntime and onnx: pip install onnxruntime onnx") from e
-        self.ort = ort
-        self.sessions: dict[tuple[int, ...], Any] = {}
-        self.fallback = False
+        self.sessions = OnnxSessions(config)
+        self.core = UnetFilmCore(network)
 
-    def session(self, shape: tuple[int, ...], n_film: int) -> Any:
-        sess = self.sessions.get(shape)
-        if sess is None:
-            core = UnetFilmCore(self.network).eval()
-            buf = io.BytesIO()
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    core,
-                    (torch.zeros(shape), torch.zeros(shape[0], n_film)),
-                    buf,
-                    input_names=["x", "film"],
-                    output_names=["y"],
-                    opset_version=17,
-                    dynamo=False,
-                )
-            opts = self.ort.SessionOptions()
-            opts.intra_op_num_threads = self.config.threads or torch.get_num_threads()
-            opts.inter_op_num_threads = 1
-            opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            opts.log_severity_level = 3
-            sess = self.ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
-            if len(self.sessions) >= self.max_sessions:
-                self.sessions.clear()
-            self.sessions[shape] = sess
-        return sess
+    @property
+    def fallback(self) -> bool:
+        return self.sessions.failed
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor) -> torch.Tensor:
         if x.shape[1] % self.fast.min_horizon_multiple:
             raise ValueError(f"horizon must be a multiple of {self.fast.min_horizon_multiple}, got {x.shape[1]}")
-        if self.fallback or (self.config.backend is Backend.AUTO and x.shape[0] > self.auto_max_batch):
+        if self.config.backend is Backend.AUTO and x.shape[0] > self.auto_max_batch:
             return super().__call__(x, t, cond)
-        film = self.film(t, cond).expand(x.shape[0], -1)
-        try:
-            sess = self.session(tuple(x.shape), film.shape[1])
-        except Exception as e:  # an exporter or runtime that cannot take this network
-            if self.config.backend is not Backend.AUTO:
-                raise RuntimeError(f"engine 'onnx' could not export or load the U-Net: {e}") from e
-            log.warning("engine auto: ONNX export failed (%s); using the gemm engine", e)
-            self.fallback = True
-            return super().__call__(x, t, cond)
-        feeds = {"x": x.detach().contiguous().numpy(), "film": film.detach().contiguous().numpy()}
-        return torch.from_numpy(sess.run(None, feeds)[0])
+        inputs = {"x": x, "film": self.film(t, cond).expand(x.shape[0], -1)}
+        sess = self.sessions.get(tuple(x.shape), self.core, inputs)
+        return super().__call__(x, t, cond) if sess is None else _run(sess, inputs)
 
 
 @register_engine(ConditionalUnet1D, (Backend.GEMM, Backend.COMPILED, Backend.ONNX))
@@ -189,65 +218,22 @@ class OnnxNetworkEngine(NetworkEngine):
     networks without a FiLM split, e.g. the diffusion transformer."""
 
     backend = Backend.ONNX
-    max_sessions = 32
 
     def __init__(self, network: nn.Module, config: EngineConfig) -> None:
         super().__init__(network, config)
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise ImportError("engine backend 'onnx' needs onnxruntime and onnx: pip install onnxruntime onnx") from e
-        self.ort = ort
-        self.sessions: dict[tuple, Any] = {}
-        self.fallback = False
+        self.sessions = OnnxSessions(config)
 
-    def session(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> Any:
-        key = (tuple(x.shape), tuple(cond.shape))
-        sess = self.sessions.get(key)
-        if sess is None:
-            buf = io.BytesIO()
-            was_training = self.network.training
-            self.network.eval()
-            try:
-                with torch.no_grad(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    torch.onnx.export(
-                        self.network,
-                        (torch.zeros_like(x), torch.zeros_like(t), torch.zeros_like(cond)),
-                        buf,
-                        input_names=["x", "t", "cond"],
-                        output_names=["y"],
-                        opset_version=17,
-                        dynamo=False,
-                    )
-            finally:
-                self.network.train(was_training)
-            opts = self.ort.SessionOptions()
-            opts.intra_op_num_threads = self.config.threads or torch.get_num_threads()
-            opts.inter_op_num_threads = 1
-            opts.log_severity_level = 3
-            sess = self.ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
-            if len(self.sessions) >= self.max_sessions:
-                self.sessions.clear()
-            self.sessions[key] = sess
-        return sess
+    @property
+    def fallback(self) -> bool:
+        return self.sessions.failed
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any) -> torch.Tensor:
-        if self.fallback or not torch.is_tensor(cond):
+        if not torch.is_tensor(cond):
             return super().__call__(x, t, cond)
-        tt = (t if torch.is_tensor(t) else self.timestep(t, x)).float().reshape(-1).expand(x.shape[0]).contiguous()
-        try:
-            sess = self.session(x, tt, cond)
-        except Exception as e:  # an exporter or runtime that cannot take this network
-            if self.config.backend is not Backend.AUTO:
-                raise RuntimeError(f"engine 'onnx' could not export or load {type(self.network).__name__}: {e}") from e
-            log.warning(
-                "engine auto: ONNX export of %s failed (%s); running it eagerly", type(self.network).__name__, e
-            )
-            self.fallback = True
-            return super().__call__(x, t, cond)
-        feeds = {"x": x.detach().contiguous().numpy(), "t": tt.numpy(), "cond": cond.detach().contiguous().numpy()}
-        return torch.from_numpy(sess.run(None, feeds)[0])
+        tt = (t if torch.is_tensor(t) else self.timestep(t, x)).float().reshape(-1).expand(x.shape[0])
+        inputs = {"x": x, "t": tt, "cond": cond}
+        sess = self.sessions.get((tuple(x.shape), tuple(cond.shape)), self.network, inputs)
+        return super().__call__(x, t, cond) if sess is None else _run(sess, inputs)
 
 
 @register_engine(TransformerForDiffusion, (Backend.ONNX,))
@@ -260,47 +246,17 @@ class OnnxModule(NetworkEngine):
     static-shape session per input shape; under ``auto`` a failed export runs the module as is."""
 
     backend = Backend.ONNX
-    max_sessions = 16
 
     def __init__(self, module: nn.Module, config: EngineConfig) -> None:
         super().__init__(module, config)
-        import onnxruntime as ort
+        self.sessions = OnnxSessions(config, max_sessions=16)
 
-        self.ort = ort
-        self.sessions: dict[tuple[int, ...], Any] = {}
-        self.fallback = False
-
-    def session(self, x: torch.Tensor) -> Any:
-        sess = self.sessions.get(tuple(x.shape))
-        if sess is None:
-            buf = io.BytesIO()
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    self.network, (torch.zeros_like(x),), buf, input_names=["x"], output_names=["y"], opset_version=17,
-                    dynamo=False,
-                )  # fmt: skip
-            opts = self.ort.SessionOptions()
-            opts.intra_op_num_threads = self.config.threads or torch.get_num_threads()
-            opts.inter_op_num_threads = 1
-            opts.log_severity_level = 3
-            sess = self.ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
-            if len(self.sessions) >= self.max_sessions:
-                self.sessions.clear()
-            self.sessions[tuple(x.shape)] = sess
-        return sess
+    @property
+    def fallback(self) -> bool:
+        return self.sessions.failed
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        if self.fallback or self.network.training:
+        if self.network.training:
             return self.network(x)
-        try:
-            sess = self.session(x)
-        except Exception as e:
-            if self.config.backend is not Backend.AUTO:
-                raise RuntimeError(f"engine 'onnx' could not export or load {type(self.network).__name__}: {e}") from e
-            log.warning(
-                "engine auto: ONNX export of %s failed (%s); running it eagerly", type(self.network).__name__, e
-            )
-            self.fallback = True
-            return self.network(x)
-        return torch.from_numpy(sess.run(None, {"x": x.detach().float().contiguous().numpy()})[0])
+        sess = self.sessions.get(tuple(x.shape), self.network, {"x": x})
+        return self.network(x) if sess is None else _run(sess, {"x": x})
