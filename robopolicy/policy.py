@@ -132,7 +132,10 @@ def register_policy(name: str):
 
 # Built-in policies: name -> the module that registers it. Loading a checkpoint imports only the
 # module its config.json names (or this entry), never every policy.
-BUILTIN_POLICIES: dict[str, str] = {"diffusion": "robopolicy.policies.diffusion"}
+BUILTIN_POLICIES: dict[str, str] = {
+    "diffusion": "robopolicy.policies.diffusion",
+    "beso": "robopolicy.policies.beso",
+}
 ENTRY_POINT_GROUP = "robopolicy.policies"
 """Entry-point group through which packages outside robopolicy register policies
 (``[project.entry-points."robopolicy.policies"] mypolicy = "mypkg.policy"``: the module that

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 IMAGE_PREFIX = "image."
+GOAL_PREFIX = "goal."
+"""A goal frame of observation key ``k`` is passed to a goal-conditioned policy as
+``obs["goal." + k]`` of shape (B, 1, ...) (training batches: the window's extra of that name)."""
 
 
 class FieldKind(str, enum.Enum):
@@ -279,6 +282,7 @@ def stack_obs(frames: Sequence[Mapping[str, np.ndarray]], keys: Sequence[str]) -
 
 
 __all__ = [
+    "GOAL_PREFIX",
     "IMAGE_PREFIX",
     "FieldKind",
     "FieldSpec",

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from robopolicy.data.store import EpisodeStore
 from robopolicy.types import FieldKind, kind_of_key
@@ -257,7 +258,16 @@ class WindowSampler:
         e, t = (int(x) for x in self.windows[i])
         start, last = int(self.episode_starts[e]), int(self.episode_ends[e]) - 1
         out = {k: self._read(k, np.clip(start + t + offs, start, last)) for k, offs in self.offsets.items()}
+        draw = None  # one uniform draw shared by the window's future extras
         for name, ref in self.spec.extras.items():
-            step = last if ref.offset is None else min(max(start + t + ref.offset, start), last)
+            if ref.offset is None:
+                step = last
+            elif ref.future:
+                lo = min(max(start + t + ref.offset, start), last)
+                if draw is None:
+                    draw = float(torch.rand(()))
+                step = lo + min(int(draw * (last - lo + 1)), last - lo)
+            else:
+                step = min(max(start + t + ref.offset, start), last)
             out[name] = self._read(ref.key, np.asarray([step]))
         return out

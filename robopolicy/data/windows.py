@@ -6,7 +6,8 @@ from ``t``, clipped into the episode (edge replication, as diffusion_policy pads
 
     obs key k       frames t + o  for o in obs_offsets[k]     e.g. (-1, 0) for To = 2
     action          frames t + o  for o in action_offsets     e.g. (-1, 0, ..., 14) for To = 2, H = 16
-    extra "goal"    frame  t + offset, or the episode's last frame (offset None)
+    extra "goal"    frame  t + offset, or the episode's last frame (offset None), or a random
+                    future frame in [t + offset, L - 1] (future=True)
 
 Anchors run over ``t in [0, L - 1 - max(action_offsets) + pad_after]`` (``pad_after = Ta - 1``:
 the action window may overhang the end by ``Ta - 1`` held actions). For the standard timing
@@ -36,13 +37,25 @@ class SamplerKind(str, enum.Enum):
 @dataclasses.dataclass(frozen=True)
 class FrameRef:
     """One extra frame of ``key`` per window: ``offset`` steps after the anchor, or (None) the
-    episode's last frame (e.g. a goal taken from the end of the same demonstration)."""
+    episode's last frame (e.g. a goal taken from the end of the same demonstration).
+
+    ``future=True``: a frame drawn uniformly from ``[anchor + offset, last frame]`` each time the
+    window is read (BESO's goals: a random future observation of the same demonstration); the
+    last frame when that range is empty. Every future extra of one window shares one draw, so
+    the goal's keys (``goal.state``, ``goal.image.front``...) come from the same step. The draw
+    uses torch's global generator: seeded by the trainer (and checkpointed with it), and per
+    worker by the DataLoader."""
 
     key: str
     offset: int | None = None
+    future: bool = False
+
+    def __post_init__(self) -> None:
+        if self.future and self.offset is None:
+            raise ValueError(f"FrameRef({self.key!r}, future=True) needs offset: the first step it may draw")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "offset": self.offset}
+        return {"key": self.key, "offset": self.offset, "future": self.future}
 
 
 @dataclasses.dataclass(frozen=True)

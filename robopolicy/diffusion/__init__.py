@@ -9,10 +9,11 @@ from robopolicy.diffusion.samplers import (
     sample_chunk,
 )
 from robopolicy.diffusion.schedulers import NoiseScheduleConfig, PredictionType, make_ddim, make_ddpm
-from robopolicy.diffusion.view import DenoiserView, VPDenoiserView, repeat_cond
+from robopolicy.diffusion.view import DenoiserView, EDMDenoiserView, VPDenoiserView, repeat_cond
 
 __all__ = [
     "DenoiserView",
+    "EDMDenoiserView",
     "InferenceDefaults",
     "NoiseScheduleConfig",
     "PredictionType",

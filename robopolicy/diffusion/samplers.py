@@ -7,7 +7,8 @@ ending in 0; a partial schedule ending above 0 is fine)::
 
     x_init (B, ...) at sigmas[0]  ->  x (B, ...) at sigmas[-1]   (= x0 when it ends in 0)
 
-DDIM, Euler, Heun and DPM-Solver++(2M) are deterministic. DDPM is ancestral: each step draws
+DDIM (= first-order DPM-Solver, BESO's "ddim"), Euler, Heun and DPM-Solver++(2M) are
+deterministic; Euler ancestral draws fresh noise each step. DDPM is ancestral: each step draws
 the posterior ``q(x_prev | x, x0_hat)`` of the VE chain, which is exactly DDPM's posterior
 (``fixed_small`` variance) mapped to this coordinate, so on a VP view it equals diffusers'
 ``DDPMScheduler`` for the same per-step noise.
@@ -58,6 +59,12 @@ class SamplerMethod(str, enum.Enum):
     """Heun (2nd order) on the denoiser view (deterministic, 2 model calls per step)."""
     DPMPP_2M = "dpmpp_2m"
     """DPM-Solver++(2M) on the denoiser view (deterministic)."""
+    DPM_SOLVER_1 = "dpm_solver_1"
+    """First-order DPM-Solver in log-sigma, BESO's "ddim": ``x' = (s'/s) x + (1 - s'/s) D(x; s)``.
+    The same update as ``ddim`` on this coordinate (tested equal); the name BESO's papers use."""
+    EULER_ANCESTRAL = "euler_ancestral"
+    """Euler ancestral (k-diffusion; stochastic): an Euler step to sigma_down, then fresh noise of
+    std sigma_up, with sigma_down^2 + sigma_up^2 = sigma'^2. BESO's kitchen evaluation sampler."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +173,36 @@ def sample_ddpm(
     return x
 
 
+def sample_euler_ancestral(
+    view: DenoiserView,
+    cond: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    x0_clip=None,
+    generator: Generators = None,
+    step_noise: torch.Tensor | None = None,
+    eta: float = 1.0,
+) -> torch.Tensor:
+    """Euler ancestral: ``sigma_up = min(s', eta * sqrt(s'^2 (s^2 - s'^2) / s^2))``,
+    ``sigma_down = sqrt(s'^2 - sigma_up^2)``; ``x' = x + (sigma_down - s) (x - x0) / s + sigma_up z``.
+    No noise on the step to 0 (it returns x0). ``z`` from ``generator`` (or ``step_noise``), drawn in
+    the same order as :func:`sample_ddpm` draws, so :func:`ddpm_step_noise` serves both."""
+    s = [float(v) for v in sigmas]
+    k = 0
+    for sigma, sigma_next in zip(s[:-1], s[1:]):
+        x0 = _clip(view.denoise(x, sigma, cond), x0_clip)
+        if sigma_next == 0:
+            x = x0
+            continue
+        up = min(sigma_next, eta * math.sqrt(max(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2, 0.0)))
+        down = math.sqrt(max(sigma_next**2 - up**2, 0.0))
+        x = x + (down - sigma) * (x - x0) / sigma
+        z = randn_rows(tuple(x.shape), generator, x.device, x.dtype) if step_noise is None else step_noise[k]
+        x = x + up * z
+        k += 1
+    return x
+
+
 def ddpm_step_noise(sigmas: torch.Tensor, shape: tuple[int, ...], generator: Generators, device: Any) -> torch.Tensor:
     """The noise :func:`sample_ddpm` would draw from ``generator`` on ``sigmas``, drawn ahead in
     the same order: (n_noisy, *shape), n_noisy = the steps that end above sigma 0."""
@@ -180,7 +217,10 @@ _METHODS = {
     SamplerMethod.EULER: sample_euler,
     SamplerMethod.HEUN: sample_heun,
     SamplerMethod.DPMPP_2M: sample_dpmpp_2m,
+    SamplerMethod.DPM_SOLVER_1: sample_ddim,
 }
+STOCHASTIC = (SamplerMethod.DDPM, SamplerMethod.EULER_ANCESTRAL)
+"""Samplers that draw noise at each step (from the generators, or ``step_noise`` drawn ahead)."""
 
 
 def _check_schedule(sigmas: torch.Tensor) -> torch.Tensor:
@@ -217,6 +257,8 @@ def sample(
     method, sigmas = _method(method), _check_schedule(sigmas)
     if method is SamplerMethod.DDPM:
         return sample_ddpm(view, cond, x_init, sigmas, x0_clip, generator, step_noise)
+    if method is SamplerMethod.EULER_ANCESTRAL:
+        return sample_euler_ancestral(view, cond, x_init, sigmas, x0_clip, generator, step_noise)
     return _METHODS[method](view, cond, x_init, sigmas, x0_clip)
 
 

@@ -28,6 +28,7 @@ schedule tables are computed once at construction, so one view may serve several
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -229,6 +230,137 @@ class VPDenoiserView:
         w = t - lo.double()
         exact = self.train_sigmas.to(t.device)[lo]  # on the grid: the table's own value, bit for bit
         return torch.where(w == 0, exact, (table[lo] + w * (table[hi] - table[lo])).exp())
+
+
+class EDMDenoiserView:
+    """Native EDM / Karras view (BESO): the network is preconditioned in this very coordinate::
+
+        D(x; sigma) = c_skip x + c_out F(c_in x, c_noise, cond)
+        c_skip = sd^2 / (sigma^2 + sd^2)    c_out = sigma sd / sqrt(sigma^2 + sd^2)
+        c_in = 1 / sqrt(sigma^2 + sd^2)     c_noise = ln(sigma) / 4          (sd = sigma_data)
+
+    ``model_fn(x_in (B, ...), c_noise (float or (B,)), cond) -> F`` of x's shape. ``sigmas(n)``
+    is the model's n-step schedule from ``sigma_max`` to ``sigma_min`` (``exponential``: even in
+    log-sigma, BESO's default; ``karras`` with ``rho``; ``linear``), then 0; ``sigmas(n,
+    sigma_start)`` the same kind of schedule from ``sigma_start``. The prior at sigma is
+    ``sigma * noise`` (variance exploding). Trained on ``[sigma_min, sigma_max]``: a sigma outside
+    is refused unless ``out_of_range="clamp"``. No timestep grid: ``t_to_sigma`` does not exist,
+    warm starts name a sigma.
+    """
+
+    SCHEDULES = ("exponential", "karras", "linear")
+
+    def __init__(
+        self,
+        model_fn: ModelFn,
+        encode_fn: Callable[[Mapping[str, Any]], Any],
+        to_action_fn: Callable[[torch.Tensor], torch.Tensor],
+        action_shape: tuple[int, ...],
+        *,
+        sigma_data: float = 0.5,
+        sigma_min: float = 0.005,
+        sigma_max: float = 1.0,
+        schedule: str = "exponential",
+        rho: float = 7.0,
+        from_action_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        snap_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        out_of_range: str = "error",
+    ) -> None:
+        if out_of_range not in ("error", "clamp"):
+            raise ValueError(f"out_of_range must be 'error' or 'clamp', got {out_of_range!r}")
+        if schedule not in self.SCHEDULES:
+            raise ValueError(f"schedule must be one of {self.SCHEDULES}, got {schedule!r}")
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        if not sigma_data > 0:
+            raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
+        self.model_fn, self.encode_fn = model_fn, encode_fn
+        self.to_action_fn, self.from_action_fn, self.snap_fn = to_action_fn, from_action_fn, snap_fn
+        self.action_shape = tuple(action_shape)
+        self.sigma_data, self.sigma_min, self.sigma_max = float(sigma_data), float(sigma_min), float(sigma_max)
+        self.schedule, self.rho, self.out_of_range = schedule, float(rho), out_of_range
+        self._scalar_cache: dict[float, tuple[float, float, float, float]] = {}
+
+    # ------------------------------------------------------------------ contract
+    def encode(self, obs: Mapping[str, Any]) -> Any:
+        return self.encode_fn(obs)
+
+    def precondition(self, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(c_skip, c_out, c_in, c_noise) of (B,) float64 sigmas."""
+        sd2 = self.sigma_data**2
+        s2 = sigma**2
+        return sd2 / (s2 + sd2), sigma * self.sigma_data / (s2 + sd2).sqrt(), (s2 + sd2).rsqrt(), sigma.log() / 4
+
+    def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor, cond: Any) -> torch.Tensor:
+        """x (B, ...) at sigma (float or (B,)) -> D(x; sigma) (B, ...). A float sigma takes a cached
+        scalar path (no tensors made for the coefficients), equal to the tensor path."""
+        if isinstance(sigma, float | int):
+            c_skip, c_out, c_in, c_noise = self._scalar_terms(float(sigma))
+            return c_skip * x + c_out * self.model_fn(x * c_in, c_noise, cond)
+        sig = self.check_sigma(batch_sigma(sigma, x))
+        c_skip, c_out, c_in, c_noise = self.precondition(sig)
+        out = self.model_fn(x * per_row(c_in, x), c_noise.to(x.dtype), cond)
+        return per_row(c_skip, x) * x + per_row(c_out, x) * out
+
+    def sigmas(self, n: int, sigma_start: float | None = None) -> torch.Tensor:
+        """(n + 1,) float64 descending, last entry 0: n levels from ``sigma_start`` (default
+        ``sigma_max``) down to ``sigma_min`` by the view's schedule kind."""
+        if n < 1:
+            raise ValueError(f"number of steps must be >= 1, got {n}")
+        top = (
+            self.sigma_max
+            if sigma_start is None
+            else float(self.check_sigma(torch.tensor([float(sigma_start)], dtype=torch.float64))[0])
+        )
+        lo = min(self.sigma_min, top)
+        if n == 1:
+            levels = torch.tensor([top], dtype=torch.float64)
+        elif self.schedule == "exponential":
+            levels = torch.linspace(math.log(top), math.log(lo), n, dtype=torch.float64).exp()
+        elif self.schedule == "linear":
+            levels = torch.linspace(top, lo, n, dtype=torch.float64)
+        else:
+            ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+            levels = (top ** (1 / self.rho) + ramp * (lo ** (1 / self.rho) - top ** (1 / self.rho))) ** self.rho
+        levels[0] = top  # exactly, so a warm start from sigma_max equals the cold schedule
+        return torch.cat([levels, torch.zeros(1, dtype=torch.float64)])
+
+    def noise_to_x(self, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The variance-exploding prior at ``sigma``: x = sigma * noise."""
+        return noise * float(sigma)
+
+    def from_action(self, action: torch.Tensor) -> torch.Tensor:
+        if self.from_action_fn is None:
+            raise NotImplementedError("this view was built without from_action_fn")
+        return self.from_action_fn(action)
+
+    def to_action(self, x0: torch.Tensor, snap: bool = False) -> torch.Tensor:
+        a = self.to_action_fn(x0)
+        return self.snap_fn(a) if snap and self.snap_fn is not None else a
+
+    # ------------------------------------------------------------------ helpers
+    def _scalar_terms(self, sigma: float) -> tuple[float, float, float, float]:
+        terms = self._scalar_cache.get(sigma)
+        if terms is None:
+            sig = self.check_sigma(torch.tensor([sigma], dtype=torch.float64))
+            terms = tuple(float(v.float()) for v in self.precondition(sig))
+            if len(self._scalar_cache) > 4096:
+                self._scalar_cache.clear()
+            self._scalar_cache[sigma] = terms
+        return terms
+
+    def check_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Refuse (or, with ``out_of_range="clamp"``, clamp) sigmas outside the trained range."""
+        lo, hi = self.sigma_min * (1 - 1e-6), self.sigma_max * (1 + 1e-6)
+        bad = (sigma < lo) | (sigma > hi) | ~torch.isfinite(sigma)
+        if bool(bad.any()):
+            if self.out_of_range == "clamp":
+                return sigma.clamp(self.sigma_min, self.sigma_max)
+            raise ValueError(
+                f"sigma {sigma[bad][0].item():.6g} is outside the trained range [{self.sigma_min:.6g}, "
+                f"{self.sigma_max:.6g}] (build the view with out_of_range='clamp' to clamp it explicitly)"
+            )
+        return sigma
 
 
 def repeat_cond(cond: Any, n: int) -> Any:

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from robopolicy.eval.runner import evaluate
 from robopolicy.inference.options import InferenceOptions
 from robopolicy.inference.rti import RTIConfig
@@ -49,6 +51,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--sampler", default=None, help="sampler override, if the policy supports it (e.g. ddim)")
     p.add_argument("--num-inference-steps", type=int, default=None, help="denoising steps override, if supported")
     p.add_argument(
+        "--policy-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any inference option of the policy, repeatable (e.g. guidance_weight=2 for BESO, dynamic=true "
+        "for EBT-Policy); an option the policy lacks is refused before the simulators start",
+    )
+    p.add_argument(
         "--inference",
         choices=("native", "rti"),
         default="native",
@@ -62,6 +72,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=10.0,
         help="RTI: start level as a training timestep of the model (default 10; see benchmarks/bench_rti.py "
         "--estimate to measure one)",
+    )
+    p.add_argument(
+        "--rti-sigma-start",
+        type=float,
+        default=None,
+        help="RTI: start level as a noise level of the policy's view (overrides --rti-start-t; needed for "
+        "views without a timestep grid, e.g. BESO's EDM view)",
     )
     p.add_argument("--rti-method", default="ddim", help="RTI: sampler of the warm steps (ddim, ddpm, euler, ...)")
     p.add_argument(
@@ -168,12 +185,19 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
     rti = RTIConfig(
         steps=args.rti_steps,
         start_t=args.rti_start_t,
+        sigma_start=args.rti_sigma_start,
         method=args.rti_method,
         gripper=args.rti_gripper,
         gripper_value=args.rti_gripper_value,
         init=args.rti_init,
     )
     policy = {"sampler": args.sampler, "num_inference_steps": args.num_inference_steps}
+    policy = {k: v for k, v in policy.items() if v is not None}  # only what was asked for
+    for item in getattr(args, "policy_option", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--policy-option takes KEY=VALUE, got {item!r}")
+        policy[key.strip()] = yaml.safe_load(value)
     return InferenceOptions(method=args.inference, policy=policy, rti=rti, n_action_steps=args.n_action_steps)
 
 

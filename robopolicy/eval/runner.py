@@ -6,6 +6,13 @@ for every active env in one batched call, execute its slice ``[To-1, To-1+Ta)``,
 an episode ends at success or after ``suite.max_steps`` steps. A worker whose episode ended
 takes the next queued episode, so the batch is "all envs still running".
 
+Suite options: ``goals`` (goal-conditioned: episode i starts from held-out demonstration i's
+seed and the policy gets its final frame as ``obs["goal.<key>"]`` (B, 1, ...); success is the
+task's or, with a tolerance, reaching the goal at any step) and ``perturbation`` (a scripted
+shove mid-episode, executed by the worker in place of the policy's actions). Policies that
+return ``info["energy"]`` (EBT) get it recorded per chunk against the env step, and the report
+plots it for successful against failed episodes.
+
 Videos: the first ``n_videos`` episodes are recorded from ``video_camera`` (rendered as
 robosuite renders camera observations) to ``out/videos/episode_<i>_seed<seed>.mp4``; the first
 ``grid`` episodes (default: as many as ``n_videos``) are also tiled into
@@ -28,10 +35,11 @@ from tqdm.auto import tqdm
 from robopolicy.control.executor import ChunkExecutor
 from robopolicy.envs.robosuite_env import validate_video_camera
 from robopolicy.eval.metrics import percentiles, success_summary
-from robopolicy.eval.suite import Suite, load_suite
+from robopolicy.eval.suite import GoalSource, Suite, load_suite
 from robopolicy.eval.vec_env import SubprocVecEnv
 from robopolicy.inference.options import InferenceOptions
 from robopolicy.policy import CONFIG_FILE, Policy
+from robopolicy.types import GOAL_PREFIX
 
 GRID_FILE = "grid.mp4"
 """File name of the grid video inside ``out/videos/``."""
@@ -74,6 +82,57 @@ class _Slot:
     seed: int
     generator: torch.Generator
     nfe: int = 0
+    t: int = 0
+    energy: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    goal_distance: float = float("inf")
+    goal_reached_t: int | None = None
+    perturbed_steps: int = 0
+
+
+def load_goals(
+    source: GoalSource, policy: Policy, n: int, offset: int = 0
+) -> tuple[list[int], list[dict[str, np.ndarray]]]:
+    """Seeds and goal frames of episodes ``offset .. offset + n`` of a goal store: each held-out
+    demonstration's env seed and its final frame of every observation key of the policy."""
+    from robopolicy.config import resolve_path
+    from robopolicy.data.store import EpisodeStore
+
+    keys = list(getattr(policy.config, "goal_keys", None) or [])
+    if not keys:
+        raise ValueError(
+            f"the suite supplies goals, but policy {policy.name!r} takes none (it has no goal_keys); "
+            "evaluate it on a suite without goals"
+        )
+    store = EpisodeStore.open(resolve_path(source.store), mode="r")
+    obs_keys = [k[len(GOAL_PREFIX) :] for k in keys]
+    missing = [k for k in obs_keys + ([source.match_key] if source.match_key else []) if k not in store.keys()]
+    if missing:
+        raise KeyError(f"goal store {store.path} has no field {missing} (it has {store.keys()})")
+    if store.n_episodes < offset + n:
+        raise ValueError(
+            f"goal store {store.path} has {store.n_episodes} demonstrations; episodes {offset}..{offset + n - 1} "
+            "were asked for (generate more, or evaluate fewer episodes)"
+        )
+    seeds, goals = [], []
+    for i in range(offset, offset + n):
+        meta = store.episode_metadata(i)
+        if "seed" not in meta:
+            raise ValueError(
+                f"goal store {store.path}: episode {i} has no recorded env seed (generate it with demos generate)"
+            )
+        sl = store.episode_slice(i)
+        last = sl.stop - 1
+        fields = obs_keys + ([source.match_key] if source.match_key and source.match_key not in obs_keys else [])
+        seeds.append(int(meta["seed"]))
+        goals.append({k: np.asarray(store[k][last]) for k in fields})
+    return seeds, goals
+
+
+def _goal_distance(source: GoalSource, obs: dict[str, Any], goal: dict[str, np.ndarray]) -> float:
+    a, g = np.asarray(obs[source.match_key], dtype=np.float64), np.asarray(goal[source.match_key], dtype=np.float64)
+    if source.match_dims:
+        a, g = a[list(source.match_dims)], g[list(source.match_dims)]
+    return float(np.linalg.norm(a - g))
 
 
 def episode_generator(seed: int, device: Any = "cpu") -> torch.Generator:
@@ -98,8 +157,11 @@ def _run_episodes(
     options: Any,
     n_action_steps: int | None,
     progress: bool,
+    suite: Suite | None = None,
+    goals: list[dict[str, np.ndarray]] | None = None,
 ) -> _Rollouts:
-    """Roll out every seed: each worker id is an environment id for the actor's per-episode state."""
+    """Roll out every seed: each worker id is an environment id for the actor's per-episode state.
+    ``goals[i]``: episode i's goal frames (added to the policy's input as ``goal.<key>`` (B, 1, ...))."""
     keys = policy.config.obs_spec.keys
     executor = ChunkExecutor(policy.config.timing, keys, n_action_steps)
     queue = deque(range(len(seeds)))
@@ -107,6 +169,9 @@ def _run_episodes(
     results: dict[int, dict[str, Any]] = {}
     lat, sizes = [], []
     bar = tqdm(total=len(seeds), disable=not progress, desc="eval")
+    shove = dataclasses.asdict(suite.perturbation) if suite is not None and suite.perturbation else None
+    source = suite.goals if suite is not None else None
+    goal_keys = list(getattr(policy.config, "goal_keys", None) or []) if goals else []
 
     def start(workers: list[int]) -> None:
         calls = []
@@ -114,7 +179,7 @@ def _run_episodes(
             i = queue.popleft()
             slots[w] = _Slot(i, seeds[i], episode_generator(seeds[i], policy.device))
             video = video_paths.get(i)
-            calls.append((w, "reset", (seeds[i], str(video) if video else None)))
+            calls.append((w, "reset", (seeds[i], str(video) if video else None, shove)))
         if calls:
             actor.reset(env_ids=[w for w, _, _ in calls])
         for (w, _, _), obs in zip(calls, vec.call(calls)):
@@ -124,34 +189,56 @@ def _run_episodes(
     while slots:
         active = executor.needing_chunk()
         obs = executor.batch_obs(active)
+        for gk in goal_keys:
+            obs[gk] = np.stack([goals[slots[w].index][gk[len(GOAL_PREFIX) :]] for w in active])[:, None]
         t0 = time.perf_counter()
         out = actor.predict(obs, env_ids=active, generator=[slots[w].generator for w in active], options=options)
         chunks = out.actions.detach().float().cpu().numpy()
         lat.append((time.perf_counter() - t0) * 1000.0)
         sizes.append(len(active))
-        nfe = out.info.get("nfe")
+        nfe, energy = out.info.get("nfe"), out.info.get("energy")
         for j, w in enumerate(active):
             executor.set_chunk(w, chunks[j])
             if nfe is not None:
                 slots[w].nfe += int(nfe[j]) if torch.is_tensor(nfe) and nfe.ndim else int(nfe)
+            if energy is not None:
+                slots[w].energy.append(
+                    (slots[w].t, float(energy[j] if torch.is_tensor(energy) and energy.ndim else energy))
+                )
         replies = vec.call([(w, "run", executor.take(w)) for w in active])
         finished = []
         for w, rep in zip(active, replies):
             slot = slots[w]
-            for o in rep["obs"]:
+            first_t = int(rep["t"]) - len(rep["obs"]) + 1
+            for j, o in enumerate(rep["obs"]):
                 executor.observe(w, o)
                 if actor.observes_every_step:
                     actor.observe({k: np.asarray(o[k])[None] for k in keys}, env_ids=[w])
-            if rep["done"]:
-                results[slot.index] = {
+                if source is not None and source.tolerance is not None and slot.goal_reached_t is None:
+                    slot.goal_distance = min(slot.goal_distance, _goal_distance(source, o, goals[slot.index]))
+                    if slot.goal_distance <= source.tolerance:
+                        slot.goal_reached_t = first_t + j
+            slot.t = int(rep["t"])
+            slot.perturbed_steps = int(rep.get("perturbed_steps", 0))
+            if rep["done"]:  # an episode that reaches its goal runs on (its video ends with the episode)
+                result = {
                     "episode": slot.index,
                     "seed": slot.seed,
-                    "success": bool(rep["success"]),
+                    "success": bool(rep["success"]) or slot.goal_reached_t is not None,
                     "length": int(rep["t"]),
                     "reward": float(rep["reward"]),
                     "nfe": slot.nfe,
                     "video": rep["video"],
                 }
+                if goals:
+                    result.update(task_success=bool(rep["success"]), goal_reached_t=slot.goal_reached_t)
+                    if source is not None and source.tolerance is not None:
+                        result["goal_distance"] = slot.goal_distance
+                if shove is not None:
+                    result["perturbed_steps"] = slot.perturbed_steps
+                if slot.energy:
+                    result["energy"] = [[t, e] for t, e in slot.energy]
+                results[slot.index] = result
                 del slots[w]
                 executor.end(w)
                 finished.append(w)
@@ -216,7 +303,11 @@ def evaluate(
         inference = dataclasses.replace(inference, policy={**inference.policy, **policy_kwargs})
     actor = inference.build(policy)  # refuses unknown options now, not after the rollouts
     options = policy.resolve_options(inference.policy)
-    seeds = [suite.seed_start + seed_offset + i for i in range(n)]
+    goals = None
+    if suite.goals is not None:  # held-out demonstrations: their seeds and final frames
+        seeds, goals = load_goals(suite.goals, policy, n, seed_offset)
+    else:
+        seeds = [suite.seed_start + seed_offset + i for i in range(n)]
     n_grid = min(n_grid, n) if out else 0
     videos = (
         {i: Path(out) / "videos" / f"episode_{i:03d}_seed{seeds[i]}.mp4" for i in range(min(max(n_videos, n_grid), n))}
@@ -231,7 +322,9 @@ def evaluate(
         with vec_env as vec:
             check_compatible(policy, suite, vec.observation_shapes)
             t_start = time.perf_counter()
-            roll = _run_episodes(actor, policy, vec, seeds, videos, options, inference.n_action_steps, progress)
+            roll = _run_episodes(
+                actor, policy, vec, seeds, videos, options, inference.n_action_steps, progress, suite, goals
+            )
             rollout_s = time.perf_counter() - t_start
     finally:
         policy.train(was_training)

@@ -17,6 +17,59 @@ CONTROLLERS = ("OSC_POSE",)
 
 
 @dataclasses.dataclass(frozen=True)
+class GoalSource:
+    """Goal-conditioned evaluation (``goals:`` in a suite): episode i starts from the initial
+    state of held-out demonstration i of ``store`` (its recorded env seed) and the policy gets
+    that demonstration's final frame as its goal (``obs["goal.<key>"]``). Generate the store at
+    the suite's test seeds, away from the training seeds::
+
+        robopolicy demos generate --task Lift --episodes 50 --seed 100000 --out datasets/lift_goals.zarr
+
+    Success: the task's own success, or (with ``tolerance``) being within ``tolerance`` of the
+    goal on ``match_key[match_dims]`` (Euclidean) at any step."""
+
+    store: str
+    match_key: str | None = None
+    """Observation key compared with the goal for the reach check (e.g. ``object``)."""
+    match_dims: tuple[int, ...] = ()
+    """Dims of ``match_key`` compared (empty: all), e.g. ``[0, 1, 2]``: the object's position."""
+    tolerance: float | None = None
+    """Reach distance in the key's units (None: task success only)."""
+
+    def __post_init__(self) -> None:
+        if not self.store:
+            raise ValueError("goals.store must name an episode store of held-out demonstrations")
+        if self.tolerance is not None:
+            if not self.tolerance > 0:
+                raise ValueError(f"goals.tolerance must be > 0, got {self.tolerance}")
+            if not self.match_key:
+                raise ValueError("goals.tolerance needs goals.match_key (the observation compared with the goal)")
+        object.__setattr__(self, "match_dims", tuple(int(d) for d in self.match_dims))
+
+
+@dataclasses.dataclass(frozen=True)
+class Perturbation:
+    """A scripted shove (``perturbation:`` in a suite): from env step ``at_step`` on, for
+    ``steps`` steps, the arm executes ``action`` (6 OSC deltas in [-1, 1]) instead of the
+    policy's actions, with the gripper at ``gripper`` (-1 open: a forced release, so the policy
+    must re-grasp; None: the policy's own gripper command). Then the policy is back in control."""
+
+    at_step: int = 30
+    steps: int = 6
+    action: tuple[float, ...] = (0.0, 0.8, 0.4, 0.0, 0.0, 0.0)
+    gripper: float | None = -1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "action", tuple(float(a) for a in self.action))
+        if self.at_step < 0 or self.steps < 1:
+            raise ValueError(f"perturbation needs at_step >= 0 and steps >= 1, got {self.at_step}, {self.steps}")
+        if len(self.action) != 6 or not all(-1.0 <= a <= 1.0 for a in self.action):
+            raise ValueError(f"perturbation.action must be 6 OSC deltas in [-1, 1], got {list(self.action)}")
+        if self.gripper is not None and not -1.0 <= self.gripper <= 1.0:
+            raise ValueError(f"perturbation.gripper must be in [-1, 1] or null, got {self.gripper}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Suite:
     """One simulated benchmark."""
 
@@ -42,6 +95,10 @@ class Suite:
     """Env steps per second (also the video frame rate)."""
     description: str = ""
     """Free text."""
+    goals: GoalSource | None = None
+    """Goal-conditioned evaluation from held-out demonstrations (see :class:`GoalSource`)."""
+    perturbation: Perturbation | None = None
+    """A scripted shove mid-episode (see :class:`Perturbation`)."""
 
     def __post_init__(self) -> None:
         from robopolicy.envs.robosuite_env import validate_cameras

@@ -5,8 +5,9 @@ applied first) and runs whole action slices, so one round trip moves an env thro
 
     main process                         worker w
     ------------                         --------
-    reset(seed, video)         ──────▶   env.reset(seed); first frame if recording
-    run(actions (n, Da))       ──────▶   step until n done, success or max_steps
+    reset(seed, video[, shove])──────▶   env.reset(seed); first frame if recording
+    run(actions (n, Da))       ──────▶   step until n done, success or max_steps (a suite's
+                                         scripted shove replaces the actions of its steps)
                                ◀──────   {"obs": [per-step obs], "success", "done", "t", ...}
 
 Calls to several workers are sent first and received after (:meth:`SubprocVecEnv.call`), so
@@ -32,17 +33,28 @@ from robopolicy.interrupts import ignore_sigint
 class _Episode:
     """Worker-side state of the running episode."""
 
-    def __init__(self, video: str | None) -> None:
+    def __init__(self, video: str | None, perturbation: dict[str, Any] | None = None) -> None:
         self.video = video
         self.frames: list[np.ndarray] = []
         self.success = False
         self.reward = 0.0
+        self.perturbation = perturbation
+        self.perturbed_steps = 0
+
+    def action(self, t: int, a: np.ndarray) -> np.ndarray:
+        """The action executed at env step ``t``: the policy's, or the scripted shove's."""
+        p = self.perturbation
+        if p is None or not p["at_step"] <= t < p["at_step"] + p["steps"]:
+            return a
+        self.perturbed_steps += 1
+        grip = a[-1] if p["gripper"] is None else p["gripper"]
+        return np.asarray([*p["action"], grip], dtype=np.float64)
 
 
 def _run(env: Any, ep: _Episode, actions: np.ndarray, fps: int, video_size: int, camera: str) -> dict[str, Any]:
     obs_list, done = [], False
     for a in actions:
-        obs, reward, done, info = env.step(a)
+        obs, reward, done, info = env.step(ep.action(env.t, a))
         obs_list.append(obs)
         ep.reward += reward
         ep.success = ep.success or bool(info["success"])
@@ -51,7 +63,15 @@ def _run(env: Any, ep: _Episode, actions: np.ndarray, fps: int, video_size: int,
         if ep.success or done:
             done = True
             break
-    out = {"obs": obs_list, "success": ep.success, "done": done, "t": env.t, "reward": ep.reward, "video": None}
+    out = {
+        "obs": obs_list,
+        "success": ep.success,
+        "done": done,
+        "t": env.t,
+        "reward": ep.reward,
+        "video": None,
+        "perturbed_steps": ep.perturbed_steps,
+    }
     if done and ep.video:
         from robopolicy.eval.video import write_mp4
 
@@ -80,8 +100,8 @@ def worker_main(conn: Connection, env_kwargs: dict[str, Any], video_size: int, v
         while True:
             cmd, arg = conn.recv()
             if cmd == "reset":
-                seed, video = arg
-                ep = _Episode(video)
+                seed, video, *rest = arg  # (seed, video path or None[, perturbation dict or None])
+                ep = _Episode(video, rest[0] if rest else None)
                 obs = env.reset(int(seed))
                 if video:
                     ep.frames.append(env.render_frame(camera=video_camera, size=video_size))

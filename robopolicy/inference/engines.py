@@ -27,6 +27,7 @@ from torch import nn
 
 from robopolicy.inference.engine import Backend, EngineConfig, NetworkEngine, cache_dir, register_engine, weights_key
 from robopolicy.nn.fast_unet import FastUnet1D, UnetFilmCore
+from robopolicy.nn.score_gpt import ScoreGPT
 from robopolicy.nn.transformer import TransformerForDiffusion
 from robopolicy.nn.unet1d import ConditionalUnet1D
 
@@ -236,6 +237,7 @@ class OnnxNetworkEngine(NetworkEngine):
         return super().__call__(x, t, cond) if sess is None else _run(sess, inputs)
 
 
+@register_engine(ScoreGPT, (Backend.ONNX,))
 @register_engine(TransformerForDiffusion, (Backend.ONNX,))
 def _transformer_engine(network: nn.Module, config: EngineConfig, backend: Backend) -> NetworkEngine:
     return OnnxNetworkEngine(network, config)

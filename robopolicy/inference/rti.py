@@ -119,6 +119,12 @@ class RTI:
         c, view = self.config, self.view
         if c.sigma_start is not None:
             sigma = float(c.sigma_start)
+        elif not hasattr(view, "t_to_sigma"):
+            raise ValueError(
+                f"{type(view).__name__} has no timestep grid, so rti start_t cannot name a level: set rti "
+                f"sigma_start (--rti-sigma-start), a noise level in [{view.sigma_min:.4g}, {view.sigma_max:.4g}] "
+                "(benchmarks/bench_rti.py estimate measures one)"
+            )
         else:
             sigma = float(view.t_to_sigma(torch.tensor([float(c.start_t)], dtype=torch.float64))[0])
         view.check_sigma(torch.tensor([sigma], dtype=torch.float64))  # refuse a level the model never saw
@@ -229,7 +235,8 @@ class StartLevelEstimate:
     """RMS over held-out windows of (shifted previous chunk - next cold chunk), normalized units."""
     shift_error_p90: float
     sigma_start: float
-    start_t: float
+    start_t: float | None
+    """The start level as a training timestep (None for a view without a timestep grid)."""
     windows: int
     contraction: float
     """Product over the warm schedule's steps of the ideal single-mode denoiser's Lipschitz factor
@@ -274,7 +281,7 @@ def estimate_start_level(
         raise ValueError("estimate_start_level needs at least one pair of windows")
     e = torch.cat(errs).double()
     sigma = float(torch.quantile(e, quantile).clamp(view.sigma_min, view.sigma_max))
-    t = float(view.sigma_to_t(torch.tensor([sigma], dtype=torch.float64))[0])
+    t = float(view.sigma_to_t(torch.tensor([sigma], dtype=torch.float64))[0]) if hasattr(view, "sigma_to_t") else None
     sig = view.sigmas(steps, sigma)[:-1]  # the warm schedule's levels (the final step to 0 is excluded:
     a = 1.0 / (1.0 + sig**2)  # the ideal denoiser maps everything to its mean there, factor 0)
     a_t, a_next = a[:-1], a[1:]

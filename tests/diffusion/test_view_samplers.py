@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from robopolicy.diffusion import (
+    EDMDenoiserView,
     NoiseScheduleConfig,
     VPDenoiserView,
     karras_sigmas,
@@ -85,7 +88,7 @@ def test_view_denoise_inverts_the_forward_process(net):
     assert view.to_action(x0).equal(x0 * 2.0)
 
 
-@pytest.mark.parametrize("method", ["euler", "heun", "dpmpp_2m", "ddim"])
+@pytest.mark.parametrize("method", ["euler", "heun", "dpmpp_2m", "ddim", "dpm_solver_1", "euler_ancestral"])
 @torch.no_grad()
 def test_samplers_are_exact_on_a_point_mass(method):
     """A denoiser that always predicts the same x0 is reached by every sampler."""
@@ -271,3 +274,104 @@ def test_a_batch_equals_single_calls_with_per_row_generators(net):
             for i, g in enumerate(gens())
         ]
     torch.testing.assert_close(batch, torch.cat(rows), atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------- the native EDM view (BESO)
+class _F(torch.nn.Module):
+    """A small preconditioned network F(x_in, c_noise, cond) for the EDM view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(DA + 1 + G, DA)
+
+    def forward(self, x, c_noise, cond):
+        c = torch.as_tensor(c_noise, dtype=x.dtype).reshape(-1, 1, 1).expand(x.shape[0], x.shape[1], 1)
+        return self.lin(torch.cat([x, c, cond[:, None].expand(-1, x.shape[1], -1)], -1))
+
+
+def make_edm(schedule="exponential", **kw) -> EDMDenoiserView:
+    return EDMDenoiserView(
+        _F().eval(), lambda o: o, lambda x: x * 2.0, (H, DA), sigma_min=0.005, sigma_max=1.0, schedule=schedule, **kw
+    )
+
+
+def test_edm_schedules_are_besos():
+    """BESO's 3-step exponential schedule on the kitchen range is [1, 0.0707, 0.005, 0]."""
+    torch.testing.assert_close(
+        make_edm().sigmas(3), torch.tensor([1.0, 0.005**0.5, 0.005, 0.0], dtype=torch.float64), rtol=1e-9, atol=0
+    )
+    lin = make_edm("linear").sigmas(3)
+    torch.testing.assert_close(lin, torch.tensor([1.0, 0.5025, 0.005, 0.0], dtype=torch.float64))
+    k = make_edm("karras").sigmas(5)
+    torch.testing.assert_close(k, karras_sigmas(5, 0.005, 1.0), rtol=1e-9, atol=1e-12)
+    for view in (make_edm(), make_edm("linear"), make_edm("karras")):
+        for n in (1, 3, 10):
+            torch.testing.assert_close(view.sigmas(n, 1.0), view.sigmas(n), rtol=1e-12, atol=0)
+        warm = view.sigmas(3, 0.2)
+        assert warm[0] == 0.2 and warm[-1] == 0 and bool((warm[:-1] >= 0.005 - 1e-12).all())
+
+
+@torch.no_grad()
+def test_edm_denoise_is_the_preconditioned_network():
+    view, cond = make_edm(), torch.randn(2, G)
+    x = torch.randn(2, H, DA)
+    for sigma in (0.005, 0.3, 1.0):
+        sd = 0.5
+        c_skip = sd**2 / (sigma**2 + sd**2)
+        c_out = sigma * sd / (sigma**2 + sd**2) ** 0.5
+        c_in = 1 / (sigma**2 + sd**2) ** 0.5
+        ref = c_skip * x + c_out * view.model_fn(x * c_in, torch.tensor(math.log(sigma) / 4), cond)
+        torch.testing.assert_close(view.denoise(x, sigma, cond), ref, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(view.denoise(x, torch.full((2,), sigma), cond), ref, atol=1e-6, rtol=1e-6)
+
+
+@torch.no_grad()
+def test_edm_view_samplers_warm_starts_and_per_row_generators():
+    view, cond = make_edm(), torch.randn(3, G)
+    noise = torch.randn(3, H, DA, generator=torch.Generator().manual_seed(0))
+    ddim = sample_chunk(view, cond, noise=noise, method="ddim", steps=3)
+    assert torch.equal(sample_chunk(view, cond, noise=noise, method="dpm_solver_1", steps=3), ddim)
+    # BESO's DPM-Solver-1 by hand: x' = (s'/s) x + (1 - s'/s) D(x; s), the last step returns D
+    s = view.sigmas(3).tolist()
+    x = noise * s[0]
+    for a, b in zip(s[:-1], s[1:]):
+        x = (b / a) * x + (1 - b / a) * view.denoise(x, a, cond)
+    torch.testing.assert_close(ddim, x, atol=1e-6, rtol=1e-6)
+    for method in ("ddim", "euler", "heun", "dpmpp_2m"):  # warm from the top == cold
+        cold = sample_chunk(view, cond, noise=noise, method=method, steps=4)
+        warm = sample_chunk(view, cond, x_init=view.noise_to_x(noise, 1.0), sigma_start=1.0, method=method, steps=4)
+        assert torch.equal(warm, cold), method
+    gens = lambda: [torch.Generator().manual_seed(k) for k in (5, 6, 7)]  # noqa: E731
+    batch = sample_chunk(view, cond, batch=3, method="euler_ancestral", steps=4, generator=gens())
+    rows = [
+        sample_chunk(view, cond[i : i + 1], batch=1, method="euler_ancestral", steps=4, generator=[g])
+        for i, g in enumerate(gens())
+    ]
+    torch.testing.assert_close(batch, torch.cat(rows), atol=1e-5, rtol=1e-5)
+    assert not torch.equal(batch, sample_chunk(view, cond, batch=3, method="ddim", steps=4, generator=gens()))
+
+
+def test_edm_view_refuses_or_clamps_out_of_range_sigmas_and_bad_settings():
+    view, x = make_edm(), torch.zeros(1, H, DA)
+    with pytest.raises(ValueError, match="outside the trained range"):
+        view.denoise(x, 2.0, torch.zeros(1, G))
+    with pytest.raises(ValueError, match="outside the trained range"):
+        view.sigmas(3, 0.001)
+    clamped = make_edm(out_of_range="clamp")
+    with torch.no_grad():
+        assert torch.equal(clamped.denoise(x, 2.0, torch.zeros(1, G)), clamped.denoise(x, 1.0, torch.zeros(1, G)))
+    with pytest.raises(ValueError, match="schedule"):
+        make_edm("cosine")
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        EDMDenoiserView(_F(), lambda o: o, lambda x: x, (H, DA), sigma_min=1.0, sigma_max=0.5)
+    assert not hasattr(view, "t_to_sigma")  # no timestep grid: warm starts name a sigma
+
+
+@torch.no_grad()
+def test_edm_view_takes_any_rank():
+    view = EDMDenoiserView(lambda x, c, cond: torch.zeros_like(x), lambda o: o, lambda x: x, (4, 5, 6))
+    x = torch.randn(2, 4, 5, 6)
+    out = view.denoise(x, torch.tensor([0.5, 1.0]), None)
+    torch.testing.assert_close(out, x * torch.tensor([0.5, 0.2]).reshape(2, 1, 1, 1))  # c_skip x
+    assert sample_chunk(view, None, batch=3, steps=3, generator=torch.Generator().manual_seed(0)).shape == (3, 4, 5, 6)

@@ -24,7 +24,7 @@ from einops import rearrange
 from torch import nn
 
 from robopolicy.data.normalizer import Normalizer
-from robopolicy.diffusion.samplers import InferenceDefaults, ddpm_step_noise, sample_chunk
+from robopolicy.diffusion.samplers import STOCHASTIC, InferenceDefaults, ddpm_step_noise, sample_chunk
 from robopolicy.diffusion.schedulers import make_ddpm
 from robopolicy.diffusion.view import PredictionType, VPDenoiserView, repeat_cond
 from robopolicy.inference.engine import GraphedSampler
@@ -223,9 +223,10 @@ class DiffusionPolicy(Policy):
         self, view: VPDenoiserView, cond: torch.Tensor, noise: torch.Tensor, method: Sampler, steps: int, gens
     ) -> torch.Tensor:
         """``sample_chunk`` replayed from a CUDA graph (``engine.cuda_graph``); DDPM's step noise
-        is drawn ahead from the same generators in the same order, so the chunk is the same."""
+        (and Euler ancestral's) is drawn ahead from the same generators in the same order, so the
+        chunk is the same."""
         inputs = {"cond": cond, "noise": noise}
-        if method is Sampler.DDPM:
+        if method in STOCHASTIC:
             inputs["step_noise"] = ddpm_step_noise(view.sigmas(steps), tuple(noise.shape), gens, noise.device)
 
         def run(cond: torch.Tensor, noise: torch.Tensor, step_noise: torch.Tensor | None = None) -> torch.Tensor:
