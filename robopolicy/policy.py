@@ -51,7 +51,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from robopolicy.config import from_dict, to_dict
+from robopolicy.config import apply_overrides, from_dict, load_yaml, merge_dicts, to_dict
 from robopolicy.data.normalizer import ACTION_KEY, Normalizer, NormMode, normalization_modes
 from robopolicy.data.windows import DataWindows
 from robopolicy.inference.engine import EngineConfig, NetworkEngine, build_engine, cpu_threads
@@ -85,6 +85,8 @@ class PolicyConfig:
     normalization: dict[str, NormMode] = dataclasses.field(default_factory=dict)
     """Normalization mode per key, e.g. ``{state: gaussian, action: limits}``; a key not named
     gets the default: ``limits`` for low-dim obs and actions, ``image`` for images."""
+    preset_name: ClassVar[str] = ""
+    """The policy name a preset of this config may carry (``policy: <name>``)."""
     discrete_action_scale: float = 1.0
     """Discrete action dims (grippers) are not fitted but multiplied by this in the normalized
     coordinate (1: left as they are; 0.1: RTI's scaled-gripper training, +-1 stored as +-0.1)."""
@@ -113,6 +115,20 @@ class PolicyConfig:
 
     def to_dict(self) -> dict:
         return {f.name: to_dict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_preset(
+        cls, path: str | Path, obs_spec: ObservationSpec, action_spec: ActionSpec, overrides: Sequence[str] = ()
+    ) -> PolicyConfig:
+        """Build from a ``configs/policies/*.yaml`` preset plus dotted overrides. The preset's
+        optional ``policy: <name>`` entry must name this config's policy (``preset_name``)."""
+        data = load_yaml(path)
+        name = data.pop("policy", cls.preset_name)
+        if name != cls.preset_name:
+            raise ValueError(f"{path} is a preset for policy {name!r}, not {cls.preset_name!r}")
+        data = merge_dicts(data, apply_overrides({}, list(overrides)))
+        data.update(obs_spec=obs_spec, action_spec=action_spec)
+        return from_dict(cls, data)
 
 
 def register_policy(name: str):
@@ -471,6 +487,22 @@ class Policy(nn.Module):
             f"policy {self.name!r} produced non-finite actions for batch rows {rows} from finite, in-range "
             f"inputs; refusing to return them. {cause}"
         )
+
+    def initial_noise(self, noise: Any, gens: list[torch.Generator] | None, b: int, n: int) -> torch.Tensor:
+        """Standard normal starting chunks (B * N, H, Da), rows element-major: the given ``noise``
+        ((B, N, H, Da), or (B, H, Da) when N = 1; checked), else row r drawn from ``gens[r]``
+        alone (one generator per output row), else from torch's global generator."""
+        shape = (self.config.horizon, self.config.action_spec.dim)
+        if noise is not None:
+            noise = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
+            if noise.ndim == 3 and n == 1:
+                noise = noise[:, None]
+            if tuple(noise.shape) != (b, n, *shape):
+                raise ValueError(f"noise must have shape {(b, n, *shape)}, got {tuple(noise.shape)}")
+            return noise.reshape(b * n, *shape)
+        if gens is None:
+            return torch.randn((b * n, *shape), device=self.device)
+        return torch.stack([torch.randn(shape, generator=g, device=g.device) for g in gens]).to(self.device)
 
     def snap_discrete(self, action: torch.Tensor) -> torch.Tensor:
         """Env-unit actions (..., Da): discrete dims (grippers) snap to the nearer of low/high.

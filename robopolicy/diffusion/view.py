@@ -78,7 +78,68 @@ def per_row(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
 
-class VPDenoiserView:
+class _ViewBase:
+    """What every view shares: the callables it wraps, the action maps, the sigma range check
+    and the per-sigma scalar cache."""
+
+    sigma_min: float
+    sigma_max: float
+
+    def __init__(
+        self,
+        model_fn: ModelFn,
+        encode_fn: Callable[[Mapping[str, Any]], Any],
+        to_action_fn: Callable[[torch.Tensor], torch.Tensor],
+        action_shape: tuple[int, ...],
+        from_action_fn: Callable[[torch.Tensor], torch.Tensor] | None,
+        snap_fn: Callable[[torch.Tensor], torch.Tensor] | None,
+        out_of_range: str,
+    ) -> None:
+        if out_of_range not in ("error", "clamp"):
+            raise ValueError(f"out_of_range must be 'error' or 'clamp', got {out_of_range!r}")
+        self.model_fn, self.encode_fn = model_fn, encode_fn
+        self.to_action_fn, self.from_action_fn, self.snap_fn = to_action_fn, from_action_fn, snap_fn
+        self.action_shape = tuple(action_shape)
+        self.out_of_range = out_of_range
+        self._scalar_cache: dict[float, tuple[float, ...]] = {}  # sigma -> float32 scalars
+
+    def encode(self, obs: Mapping[str, Any]) -> Any:
+        return self.encode_fn(obs)
+
+    def from_action(self, action: torch.Tensor) -> torch.Tensor:
+        if self.from_action_fn is None:
+            raise NotImplementedError("this view was built without from_action_fn")
+        return self.from_action_fn(action)
+
+    def to_action(self, x0: torch.Tensor, snap: bool = False) -> torch.Tensor:
+        a = self.to_action_fn(x0)
+        return self.snap_fn(a) if snap and self.snap_fn is not None else a
+
+    def check_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Refuse (or, with ``out_of_range="clamp"``, clamp) sigmas outside the trained range."""
+        lo, hi = self.sigma_min * (1 - 1e-6), self.sigma_max * (1 + 1e-6)
+        bad = (sigma < lo) | (sigma > hi) | ~torch.isfinite(sigma)
+        if bool(bad.any()):
+            if self.out_of_range == "clamp":
+                return sigma.clamp(self.sigma_min, self.sigma_max)
+            raise ValueError(
+                f"sigma {sigma[bad][0].item():.6g} is outside the trained range [{self.sigma_min:.6g}, "
+                f"{self.sigma_max:.6g}] (build the view with out_of_range='clamp' to clamp it explicitly)"
+            )
+        return sigma
+
+    def _cached_terms(self, sigma: float, compute: Callable[[torch.Tensor], tuple[float, ...]]) -> tuple[float, ...]:
+        """``compute(checked (1,) float64 sigma)`` for one float sigma, computed once and cached."""
+        terms = self._scalar_cache.get(sigma)
+        if terms is None:
+            terms = compute(self.check_sigma(torch.tensor([sigma], dtype=torch.float64)))
+            if len(self._scalar_cache) > 4096:
+                self._scalar_cache.clear()
+            self._scalar_cache[sigma] = terms
+        return terms
+
+
+class VPDenoiserView(_ViewBase):
     """View over a discrete-time variance-preserving model (DDPM epsilon / sample / v).
 
     A sigma between two training steps maps to a fractional timestep, interpolated in
@@ -103,13 +164,8 @@ class VPDenoiserView:
         snap_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         out_of_range: str = "error",
     ) -> None:
-        if out_of_range not in ("error", "clamp"):
-            raise ValueError(f"out_of_range must be 'error' or 'clamp', got {out_of_range!r}")
-        self.model_fn, self.encode_fn = model_fn, encode_fn
-        self.to_action_fn, self.from_action_fn, self.snap_fn = to_action_fn, from_action_fn, snap_fn
-        self.action_shape = tuple(action_shape)
+        super().__init__(model_fn, encode_fn, to_action_fn, action_shape, from_action_fn, snap_fn, out_of_range)
         self.schedule = schedule
-        self.out_of_range = out_of_range
         self.prediction_type = PredictionType(schedule.prediction_type)
         ac = make_ddim(schedule).alphas_cumprod.double()  # the training schedule, read once
         self.num_train_timesteps = len(ac)
@@ -117,12 +173,8 @@ class VPDenoiserView:
         self._log_sigmas = self.train_sigmas.log()
         self.sigma_max = float(self.train_sigmas[-1])
         self.sigma_min = float(self.train_sigmas[0])
-        self._scalar_cache: dict[float, tuple[float, ...]] = {}  # sigma -> float32 scalars
 
     # ------------------------------------------------------------------ contract
-    def encode(self, obs: Mapping[str, Any]) -> Any:
-        return self.encode_fn(obs)
-
     def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor, cond: Any) -> torch.Tensor:
         """x: (B, ...) at noise level sigma (float or (B,)) -> x0_hat (B, ...).
 
@@ -175,40 +227,15 @@ class VPDenoiserView:
         """DDPM's prior x_vp ~ N(0, I) at ``sigma``: x = noise * sqrt(1 + sigma^2)."""
         return noise * (1.0 + float(sigma) ** 2) ** 0.5
 
-    def from_action(self, action: torch.Tensor) -> torch.Tensor:
-        if self.from_action_fn is None:
-            raise NotImplementedError("this view was built without from_action_fn")
-        return self.from_action_fn(action)
-
-    def to_action(self, x0: torch.Tensor, snap: bool = False) -> torch.Tensor:
-        a = self.to_action_fn(x0)
-        return self.snap_fn(a) if snap and self.snap_fn is not None else a
-
     # ------------------------------------------------------------------ helpers
-    def _scalar_terms(self, sigma: float) -> tuple[float, float, float, float]:
+    def _scalar_terms(self, sigma: float) -> tuple[float, ...]:
         """(t, c_in, sigma, sigma * c_in) for one float sigma, in float32 as the tensor path has them."""
-        terms = self._scalar_cache.get(sigma)
-        if terms is None:
-            sig = self.check_sigma(torch.tensor([sigma], dtype=torch.float64))
-            c_in, s = (1 + sig**2).rsqrt().float(), sig.float()
-            terms = (float(self.sigma_to_t(sig).float()), float(c_in), float(s), float(s * c_in))
-            if len(self._scalar_cache) > 4096:
-                self._scalar_cache.clear()
-            self._scalar_cache[sigma] = terms
-        return terms
 
-    def check_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
-        """Refuse (or, with ``out_of_range="clamp"``, clamp) sigmas outside the trained range."""
-        lo, hi = self.sigma_min * (1 - 1e-6), self.sigma_max * (1 + 1e-6)
-        if bool(((sigma < lo) | (sigma > hi)).any()):
-            if self.out_of_range == "clamp":
-                return sigma.clamp(self.sigma_min, self.sigma_max)
-            bad = sigma[(sigma < lo) | (sigma > hi)][0].item()
-            raise ValueError(
-                f"sigma {bad:.6g} is outside the trained range [{self.sigma_min:.6g}, {self.sigma_max:.6g}] "
-                "(build the view with out_of_range='clamp' to clamp it explicitly)"
-            )
-        return sigma
+        def compute(sig: torch.Tensor) -> tuple[float, ...]:
+            c_in, s = (1 + sig**2).rsqrt().float(), sig.float()
+            return float(self.sigma_to_t(sig).float()), float(c_in), float(s), float(s * c_in)
+
+        return self._cached_terms(sigma, compute)
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """(B,) sigmas in the trained range -> (B,) float timesteps (exact integers on the grid)."""
@@ -232,7 +259,7 @@ class VPDenoiserView:
         return torch.where(w == 0, exact, (table[lo] + w * (table[hi] - table[lo])).exp())
 
 
-class EDMDenoiserView:
+class EDMDenoiserView(_ViewBase):
     """Native EDM / Karras view (BESO): the network is preconditioned in this very coordinate::
 
         D(x; sigma) = c_skip x + c_out F(c_in x, c_noise, cond)
@@ -266,24 +293,17 @@ class EDMDenoiserView:
         snap_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         out_of_range: str = "error",
     ) -> None:
-        if out_of_range not in ("error", "clamp"):
-            raise ValueError(f"out_of_range must be 'error' or 'clamp', got {out_of_range!r}")
+        super().__init__(model_fn, encode_fn, to_action_fn, action_shape, from_action_fn, snap_fn, out_of_range)
         if schedule not in self.SCHEDULES:
             raise ValueError(f"schedule must be one of {self.SCHEDULES}, got {schedule!r}")
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
-        self.model_fn, self.encode_fn = model_fn, encode_fn
-        self.to_action_fn, self.from_action_fn, self.snap_fn = to_action_fn, from_action_fn, snap_fn
-        self.action_shape = tuple(action_shape)
         self.sigma_data, self.sigma_min, self.sigma_max = float(sigma_data), float(sigma_min), float(sigma_max)
-        self.schedule, self.rho, self.out_of_range = schedule, float(rho), out_of_range
-        self._scalar_cache: dict[float, tuple[float, float, float, float]] = {}
+        self.schedule, self.rho = schedule, float(rho)
 
     # ------------------------------------------------------------------ contract
-    def encode(self, obs: Mapping[str, Any]) -> Any:
-        return self.encode_fn(obs)
 
     def precondition(self, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(c_skip, c_out, c_in, c_noise) of (B,) float64 sigmas."""
@@ -329,38 +349,8 @@ class EDMDenoiserView:
         """The variance-exploding prior at ``sigma``: x = sigma * noise."""
         return noise * float(sigma)
 
-    def from_action(self, action: torch.Tensor) -> torch.Tensor:
-        if self.from_action_fn is None:
-            raise NotImplementedError("this view was built without from_action_fn")
-        return self.from_action_fn(action)
-
-    def to_action(self, x0: torch.Tensor, snap: bool = False) -> torch.Tensor:
-        a = self.to_action_fn(x0)
-        return self.snap_fn(a) if snap and self.snap_fn is not None else a
-
-    # ------------------------------------------------------------------ helpers
-    def _scalar_terms(self, sigma: float) -> tuple[float, float, float, float]:
-        terms = self._scalar_cache.get(sigma)
-        if terms is None:
-            sig = self.check_sigma(torch.tensor([sigma], dtype=torch.float64))
-            terms = tuple(float(v.float()) for v in self.precondition(sig))
-            if len(self._scalar_cache) > 4096:
-                self._scalar_cache.clear()
-            self._scalar_cache[sigma] = terms
-        return terms
-
-    def check_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
-        """Refuse (or, with ``out_of_range="clamp"``, clamp) sigmas outside the trained range."""
-        lo, hi = self.sigma_min * (1 - 1e-6), self.sigma_max * (1 + 1e-6)
-        bad = (sigma < lo) | (sigma > hi) | ~torch.isfinite(sigma)
-        if bool(bad.any()):
-            if self.out_of_range == "clamp":
-                return sigma.clamp(self.sigma_min, self.sigma_max)
-            raise ValueError(
-                f"sigma {sigma[bad][0].item():.6g} is outside the trained range [{self.sigma_min:.6g}, "
-                f"{self.sigma_max:.6g}] (build the view with out_of_range='clamp' to clamp it explicitly)"
-            )
-        return sigma
+    def _scalar_terms(self, sigma: float) -> tuple[float, ...]:
+        return self._cached_terms(sigma, lambda sig: tuple(float(v.float()) for v in self.precondition(sig)))
 
 
 def repeat_cond(cond: Any, n: int) -> Any:

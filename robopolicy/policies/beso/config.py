@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
-from robopolicy.config import apply_overrides, from_dict, load_yaml, merge_dicts
 from robopolicy.data.normalizer import ACTION_KEY, NormMode
 from robopolicy.data.windows import DataWindows, FrameRef
-from robopolicy.diffusion.samplers import SamplerMethod
+from robopolicy.diffusion.samplers import InferenceDefaults, SamplerMethod
 from robopolicy.nn.configs import ObsEncoderConfig
+from robopolicy.policies.diffusion.config import DiffusionInferenceOptions
 from robopolicy.policy import PolicyConfig
-from robopolicy.types import GOAL_PREFIX, ActionSpec, ObservationSpec
+from robopolicy.types import GOAL_PREFIX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,9 +108,14 @@ class GoalConfig:
             raise ValueError(f"goal.min_offset must be >= 1 (a future frame), got {self.min_offset}")
 
 
+def _check_weight(w: float | None, name: str) -> None:
+    if w is not None and not (math.isfinite(w) and w >= 0):
+        raise ValueError(f"{name} must be finite and >= 0, got {w}")
+
+
 @dataclasses.dataclass(frozen=True)
-class BesoInferenceDefaults:
-    """Default sampling (``inference:``); a call's options override them."""
+class BesoInferenceDefaults(InferenceDefaults):
+    """Default sampling (``inference:``): the shared defaults' fields, BESO's values, plus guidance."""
 
     sampler: SamplerMethod = SamplerMethod.DPM_SOLVER_1
     num_inference_steps: int = 3
@@ -122,45 +125,27 @@ class BesoInferenceDefaults:
     batched into one). Without a goal the policy is goal-free whatever w is."""
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "sampler", SamplerMethod(self.sampler))
-        except ValueError:
-            raise ValueError(
-                f"inference.sampler must be one of {[m.value for m in SamplerMethod]}, got {self.sampler!r}"
-            ) from None
-        if self.num_inference_steps < 1:
-            raise ValueError(f"inference.num_inference_steps must be >= 1, got {self.num_inference_steps}")
-        if not math.isfinite(self.guidance_weight) or self.guidance_weight < 0:
-            raise ValueError(f"inference.guidance_weight must be finite and >= 0, got {self.guidance_weight}")
+        super().__post_init__()
+        _check_weight(self.guidance_weight, "inference.guidance_weight")
 
 
 @dataclasses.dataclass(frozen=True)
-class BesoInferenceOptions:
-    """Per-call options (``robopolicy eval --policy-option guidance_weight=2``); None: the config's."""
+class BesoInferenceOptions(DiffusionInferenceOptions):
+    """Per-call options (``robopolicy eval --policy-option guidance_weight=2``): Diffusion
+    Policy's (sampler, steps, initial noise) plus the guidance weight; None: the config's."""
 
-    sampler: SamplerMethod | None = None
-    num_inference_steps: int | None = None
     guidance_weight: float | None = None
-    noise: Any = None
-    """Initial standard normal noise (B, N, H, Da) or (B, H, Da) instead of drawing it."""
 
     def __post_init__(self) -> None:
-        if self.sampler is not None:
-            try:
-                object.__setattr__(self, "sampler", SamplerMethod(self.sampler))
-            except ValueError:
-                raise ValueError(
-                    f"unknown sampler {self.sampler!r}; choose from {[m.value for m in SamplerMethod]}"
-                ) from None
-        if self.num_inference_steps is not None and self.num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
-        if self.guidance_weight is not None and not (math.isfinite(self.guidance_weight) and self.guidance_weight >= 0):
-            raise ValueError(f"guidance_weight must be finite and >= 0, got {self.guidance_weight}")
+        super().__post_init__()
+        _check_weight(self.guidance_weight, "guidance_weight")
 
 
 @dataclasses.dataclass(frozen=True)
 class BesoConfig(PolicyConfig):
     """BESO over action chunks (H 16, To 2, Ta 8 by default, as Diffusion Policy)."""
+
+    preset_name: ClassVar[str] = "beso"
 
     net: ScoreNetConfig = dataclasses.field(default_factory=ScoreNetConfig)
     obs_encoder: ObsEncoderConfig = dataclasses.field(default_factory=ObsEncoderConfig)
@@ -213,15 +198,3 @@ class BesoConfig(PolicyConfig):
         return DataWindows.from_timing(
             self.obs_spec.keys, self.horizon, self.n_obs_steps, self.n_action_steps, extras=extras
         )
-
-    @classmethod
-    def from_preset(
-        cls, path: str | Path, obs_spec: ObservationSpec, action_spec: ActionSpec, overrides: Sequence[str] = ()
-    ) -> BesoConfig:
-        data = load_yaml(path)
-        name = data.pop("policy", "beso")
-        if name != "beso":
-            raise ValueError(f"{path} is a preset for policy {name!r}, not 'beso'")
-        data = merge_dicts(data, apply_overrides({}, list(overrides)))
-        data.update(obs_spec=obs_spec, action_spec=action_spec)
-        return from_dict(cls, data)

@@ -238,7 +238,7 @@ class BesoPolicy(Policy):
         cond = self._engine_encode(obs, options.guidance_weight)
         b, n = cond["cond"].shape[0], num_samples
         gens = _row_generators(generator, b, n)
-        noise = self._initial_noise(options.noise, gens, b, n)
+        noise = self.initial_noise(options.noise, gens, b, n)
         cond = repeat_cond(cond, n)
         x0 = sample_chunk(view, cond, noise=noise, method=method.value, steps=steps, generator=gens)
         if cfg.clip_sample:
@@ -249,19 +249,6 @@ class BesoPolicy(Policy):
         if n > 1:
             actions = rearrange(actions, "(b n) h d -> b n h d", b=b)
         return PolicyOutput(actions, {"nfe": torch.full((b,), n * nfe, dtype=torch.int64)})
-
-    def _initial_noise(self, noise: Any, gens: list | None, b: int, n: int) -> torch.Tensor:
-        shape = (self.config.horizon, self.config.action_spec.dim)
-        if noise is not None:
-            noise = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
-            if noise.ndim == 3 and n == 1:
-                noise = noise[:, None]
-            if tuple(noise.shape) != (b, n, *shape):
-                raise ValueError(f"noise must have shape {(b, n, *shape)}, got {tuple(noise.shape)}")
-            return rearrange(noise, "b n h d -> (b n) h d")
-        if gens is None:
-            return torch.randn((b * n, *shape), device=self.device)
-        return torch.stack([torch.randn(shape, generator=g, device=g.device) for g in gens]).to(self.device)
 
     def optim_groups(self, weight_decay: float, obs_encoder_weight_decay: float = 1e-6) -> list[dict]:
         """AdamW groups: the transformer as minGPT (decay Linear weights only), the null goal

@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
 
-from robopolicy.config import apply_overrides, from_dict, load_yaml, merge_dicts
 from robopolicy.data.normalizer import ACTION_KEY, NormMode
 from robopolicy.diffusion.samplers import InferenceDefaults
 from robopolicy.diffusion.samplers import SamplerMethod as Sampler
 from robopolicy.diffusion.schedulers import NoiseScheduleConfig
 from robopolicy.nn.configs import BackboneConfig, ObsEncoderConfig, UnetConfig
 from robopolicy.policy import PolicyConfig
-from robopolicy.types import ActionSpec, ObservationSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +56,8 @@ class DiffusionInferenceOptions:
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig(PolicyConfig):
     """Diffusion Policy. Defaults are the paper's low-dim U-Net settings (H 16, To 2, Ta 8)."""
+
+    preset_name: ClassVar[str] = "diffusion"
 
     backbone: BackboneConfig = dataclasses.field(default_factory=UnetConfig)
     """Noise-prediction network, by kind: ``{kind: unet, ...}`` or ``{kind: transformer, ...}``."""
@@ -99,26 +98,6 @@ class DiffusionConfig(PolicyConfig):
     def migrate_dict(cls, data: Mapping[str, Any]) -> dict[str, Any]:
         """Called by :func:`robopolicy.config.from_dict`: a flat (format 1) dict becomes parts."""
         return migrate_flat_config(data)
-
-    @classmethod
-    def from_preset(
-        cls,
-        path: str | Path,
-        obs_spec: ObservationSpec,
-        action_spec: ActionSpec,
-        overrides: Sequence[str] = (),
-    ) -> DiffusionConfig:
-        """Build from a ``configs/policies/diffusion_*.yaml`` preset plus dotted overrides.
-
-        The preset's optional ``policy: diffusion`` entry names the policy and is dropped here.
-        """
-        data = load_yaml(path)
-        name = data.pop("policy", "diffusion")
-        if name != "diffusion":
-            raise ValueError(f"{path} is a preset for policy {name!r}, not 'diffusion'")
-        data = merge_dicts(data, apply_overrides({}, list(overrides)))
-        data.update(obs_spec=obs_spec, action_spec=action_spec)
-        return from_dict(cls, data)
 
 
 @contextlib.contextmanager

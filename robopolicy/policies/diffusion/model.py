@@ -205,7 +205,7 @@ class DiffusionPolicy(Policy):
         cond = view.encode(obs)
         b, n = cond.shape[0], num_samples
         gens = _row_generators(generator, b, n)
-        x = self._initial_noise(options.noise, gens, b, n)
+        x = self.initial_noise(options.noise, gens, b, n)
         cond = repeat_cond(cond, n)
         if self.engine_config.cuda_graph and x.is_cuda and torch.is_tensor(cond):
             x0 = self._graphed_chunk(view, cond, x, method, steps, gens)
@@ -238,20 +238,6 @@ class DiffusionPolicy(Policy):
         engine = self.network_engine(self.model)
         key = (id(engine), tuple(cond.shape), tuple(noise.shape), method.value, steps)
         return graphs.run(key, run, inputs)
-
-    def _initial_noise(self, noise: torch.Tensor | None, gens: list | None, b: int, n: int) -> torch.Tensor:
-        shape = (self.config.horizon, self.config.action_spec.dim)
-        if noise is not None:
-            noise = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
-            if noise.ndim == 3 and n == 1:
-                noise = noise[:, None]
-            if tuple(noise.shape) != (b, n, *shape):
-                raise ValueError(f"noise must have shape {(b, n, *shape)}, got {tuple(noise.shape)}")
-            return rearrange(noise, "b n h d -> (b n) h d")
-        if gens is None:
-            return torch.randn((b * n, *shape), device=self.device)
-        rows = [torch.randn(shape, generator=g, device=g.device) for g in gens]
-        return torch.stack(rows).to(self.device)
 
     def optim_groups(self, weight_decay: float, obs_encoder_weight_decay: float = 1e-6) -> list[dict]:
         """AdamW parameter groups as in DP: the transformer decays only Linear / attention
