@@ -151,6 +151,7 @@ def register_policy(name: str):
 BUILTIN_POLICIES: dict[str, str] = {
     "diffusion": "robopolicy.policies.diffusion",
     "beso": "robopolicy.policies.beso",
+    "ebt": "robopolicy.policies.ebt",
 }
 ENTRY_POINT_GROUP = "robopolicy.policies"
 """Entry-point group through which packages outside robopolicy register policies
