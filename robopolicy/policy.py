@@ -495,7 +495,7 @@ class Policy(nn.Module):
         alone (one generator per output row), else from torch's global generator."""
         shape = (self.config.horizon, self.config.action_spec.dim)
         if noise is not None:
-            noise = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
+            noise = torch.as_tensor(noise, dtype=torch.float32).to(self.device).clone()  # never the caller's
             if noise.ndim == 3 and n == 1:
                 noise = noise[:, None]
             if tuple(noise.shape) != (b, n, *shape):

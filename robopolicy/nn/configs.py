@@ -119,6 +119,17 @@ class ObsEncoderConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
+    @classmethod
+    def tiny(cls, obs_spec: ObservationSpec) -> ObsEncoderConfig:
+        """A very small encoder for contract tests: width 8, 16 features, 8 keypoints, a crop
+        of 7/8 of the smallest camera (none without cameras)."""
+        crop = None
+        if obs_spec.images:
+            h = min(f.shape[0] for f in obs_spec.images)
+            w = min(f.shape[1] for f in obs_spec.images)
+            crop = (max(1, h - h // 8), max(1, w - w // 8))
+        return cls(image_width=8, image_feature_dim=16, num_kp=8, crop_shape=crop)
+
     def check_images(self, obs_spec: ObservationSpec) -> None:
         """Raise ValueError if the crop does not fit every camera of ``obs_spec``."""
         if self.crop_shape is None:

@@ -264,11 +264,6 @@ class BesoPolicy(Policy):
     @classmethod
     def tiny_configs(cls, obs_spec: ObservationSpec, action_spec: ActionSpec) -> dict[str, BesoConfig]:
         """Very small configs for contract tests (seconds on CPU)."""
-        crop = None
-        if obs_spec.images:
-            h = min(f.shape[0] for f in obs_spec.images)
-            w = min(f.shape[1] for f in obs_spec.images)
-            crop = (max(1, h - h // 8), max(1, w - w // 8))
         common = dict(
             obs_spec=obs_spec,
             action_spec=action_spec,
@@ -276,7 +271,7 @@ class BesoPolicy(Policy):
             n_obs_steps=2,
             n_action_steps=4,
             net=ScoreNetConfig(d_model=16, n_layer=1, n_head=2, p_drop_attn=0.0),
-            obs_encoder=ObsEncoderConfig(image_width=8, image_feature_dim=16, num_kp=8, crop_shape=crop),
+            obs_encoder=ObsEncoderConfig.tiny(obs_spec),
             edm=EDMConfig(),
             inference=BesoInferenceDefaults(num_inference_steps=3),
         )

@@ -255,18 +255,13 @@ class DiffusionPolicy(Policy):
     @classmethod
     def tiny_configs(cls, obs_spec: ObservationSpec, action_spec: ActionSpec) -> dict[str, DiffusionConfig]:
         """Very small configs (both backbones) for contract tests; seconds on CPU."""
-        crop = None
-        if obs_spec.images:
-            h = min(f.shape[0] for f in obs_spec.images)
-            w = min(f.shape[1] for f in obs_spec.images)
-            crop = (max(1, h - h // 8), max(1, w - w // 8))
         common = dict(
             obs_spec=obs_spec,
             action_spec=action_spec,
             horizon=8,
             n_obs_steps=2,
             n_action_steps=4,
-            obs_encoder=ObsEncoderConfig(image_width=8, image_feature_dim=16, num_kp=8, crop_shape=crop),
+            obs_encoder=ObsEncoderConfig.tiny(obs_spec),
             inference=InferenceDefaults(Sampler.DDIM, num_inference_steps=4),
         )
         return {

@@ -418,7 +418,7 @@ class EBTPolicy(Policy):
                 cond = self.encode_obs(obs, engine=True)
                 b, n = cond.shape[0], num_samples
                 memory = self.energy_net.prepare(cond.repeat_interleave(n, dim=0) if n > 1 else cond)
-            y = self._initial_noise(options.noise, _row_generators(generator, b, n), b, n)
+            y = self.initial_noise(options.noise, _row_generators(generator, b, n), b, n)
             y, info = self._descend(y, memory, cap, tol)
             actions = self.snap_discrete(self.normalizer.unnormalize(ACTION_KEY, y))
         nfe = (2 * info["steps"] + 1).view(b, n).sum(dim=1)
@@ -462,20 +462,6 @@ class EBTPolicy(Policy):
         energies = energies[:, : int(steps.max()) + 1]
         return y, {"energy": final_energy, "energies": energies, "steps": steps, "grad_norm": grad_norm}
 
-    def _initial_noise(self, noise: Any, gens: list[torch.Generator] | None, b: int, n: int) -> torch.Tensor:
-        """Standard normal candidates (B*N, H, Da): ``noise`` as given, or row by row from ``gens``."""
-        shape = (self.config.horizon, self.config.action_spec.dim)
-        if noise is not None:
-            noise = torch.as_tensor(noise, dtype=torch.float32).to(self.device).clone()
-            if noise.ndim == 3 and n == 1:
-                noise = noise[:, None]
-            if tuple(noise.shape) != (b, n, *shape):
-                raise ValueError(f"noise must have shape {(b, n, *shape)}, got {tuple(noise.shape)}")
-            return noise.reshape(b * n, *shape)
-        if gens is None:
-            return torch.randn((b * n, *shape), device=self.device)
-        return torch.stack([torch.randn(shape, generator=g, device=g.device) for g in gens]).to(self.device)
-
     # ------------------------------------------------------------------ training helpers
     def optim_groups(self, weight_decay: float, obs_encoder_weight_decay: float = 1e-6) -> list[dict]:
         """AdamW groups: decay on the transformers' Linear weights; none on norms, biases, the
@@ -500,11 +486,6 @@ class EBTPolicy(Policy):
     @classmethod
     def tiny_configs(cls, obs_spec: ObservationSpec, action_spec: ActionSpec) -> dict[str, EBTConfig]:
         """Very small configs (fixed 2-step and dynamic inference) for contract tests; seconds on CPU."""
-        crop = None
-        if obs_spec.images:
-            h = min(f.shape[0] for f in obs_spec.images)
-            w = min(f.shape[1] for f in obs_spec.images)
-            crop = (max(1, h - h // 8), max(1, w - w // 8))
         common = dict(
             obs_spec=obs_spec,
             action_spec=action_spec,
@@ -512,7 +493,7 @@ class EBTPolicy(Policy):
             n_obs_steps=2,
             n_action_steps=4,
             network=EBTNetworkConfig(d_model=16, n_heads=2, obs_layers=1, energy_layers=1, attn_dropout=0.0),
-            obs_encoder=ObsEncoderConfig(image_width=8, image_feature_dim=16, num_kp=8, crop_shape=crop),
+            obs_encoder=ObsEncoderConfig.tiny(obs_spec),
             descent=EBTDescentConfig(step_size=100.0, train_steps=2, random_extra_steps=1),
         )
         return {
