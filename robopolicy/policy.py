@@ -575,7 +575,7 @@ class Policy(nn.Module):
         return policy.to(device).eval()
 
 
-Generators = torch.Generator | list[torch.Generator] | None
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 def batch_randn(
@@ -609,3 +609,16 @@ def _atomic(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     tmp.replace(path)
+
+
+def row_generators(generator: Generators, b: int, n: int) -> list[torch.Generator] | None:
+    """One generator per output row of a (B * N)-row batch, rows element-major (diffusers' list
+    convention): a single generator serves every row, a list must hold one per batch element."""
+    if generator is None:
+        return None
+    if isinstance(generator, torch.Generator):
+        return [generator] * (b * n)
+    gens = list(generator)
+    if len(gens) != b:
+        raise ValueError(f"a list of generators must have one per batch element ({b}), got {len(gens)}")
+    return [g for g in gens for _ in range(n)]

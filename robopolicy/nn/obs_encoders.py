@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from einops import rearrange
 from torch import nn
 
 from robopolicy.types import ObservationSpec
+
+if TYPE_CHECKING:
+    from robopolicy.nn.configs import ObsEncoderConfig
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,11 @@ class MultiModalObsEncoder(nn.Module):
             enc = ImageEncoder(channels, width, num_kp, feature_dim, crop_shape, output_activation)
             self.cameras[_module_name(f.key)] = enc
         self.out_dim = self.low_dim_size + feature_dim * len(self.image_keys)
+
+    @classmethod
+    def from_config(cls, obs_spec: ObservationSpec, cfg: ObsEncoderConfig) -> MultiModalObsEncoder:
+        """The encoder a policy config's ``obs_encoder`` part describes."""
+        return cls(obs_spec, cfg.image_width, cfg.num_kp, cfg.image_feature_dim, cfg.crop_shape, cfg.output_activation)
 
     def forward(self, obs: Mapping[str, torch.Tensor], run: Callable[[nn.Module], Any] | None = None) -> torch.Tensor:
         """``run(encoder)`` gives the callable that runs a camera's encoder (an inference engine);

@@ -15,7 +15,6 @@ from robopolicy.data.normalizer import NormMode
 from robopolicy.diffusion import DenoiserView, InferenceDefaults, NoiseScheduleConfig, sample
 from robopolicy.nn.configs import ObsEncoderConfig, TransformerConfig, UnetConfig
 from robopolicy.policies.diffusion import DiffusionConfig, DiffusionPolicy, Sampler
-from robopolicy.policies.diffusion.model import snap_discrete
 from robopolicy.policy import NonFiniteActionError, Policy, get_policy_class
 from robopolicy.types import ActionSpec, FieldKind, FieldSpec, ObservationSpec
 
@@ -180,10 +179,10 @@ def test_more_frames_than_to_are_refused_everywhere_not_trimmed_to_the_oldest():
 def test_a_nan_gripper_is_not_snapped_to_a_valid_looking_limit():
     act = ActionSpec(("x", "grip"), (-2.0, 0.0), (2.0, 1.0), discrete=(False, True))
     nan = float("nan")
-    snapped = snap_discrete(torch.tensor([[0.3, nan], [nan, 0.7], [0.1, float("-inf")]]), act)
+    policy = make_policy("unet", act=act).eval()
+    snapped = policy.snap_discrete(torch.tensor([[0.3, nan], [nan, 0.7], [0.1, float("-inf")]]))
     assert snapped[0, 0] == 0.3 and torch.isnan(snapped[0, 1]) and torch.isnan(snapped[1, 0])
     assert snapped[1, 1] == 1.0 and torch.isneginf(snapped[2, 1])
-    policy = make_policy("unet", act=act).eval()
     with torch.no_grad():
         policy.model.head[-1].bias[1] = nan  # only the gripper output channel
     obs = {"state": np.zeros((2, TO, 2), np.float32)}

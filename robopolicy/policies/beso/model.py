@@ -19,7 +19,7 @@ any shared sampler (default: 3 steps of the first-order DPM-Solver), guidance
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -42,11 +42,8 @@ from robopolicy.policies.beso.config import (
     EDMConfig,
     ScoreNetConfig,
 )
-from robopolicy.policies.diffusion.model import _row_generators, snap_discrete
-from robopolicy.policy import Policy, register_policy
+from robopolicy.policy import Generators, Policy, register_policy, row_generators
 from robopolicy.types import ActionSpec, ObservationSpec
-
-Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 def sample_log_logistic(
@@ -73,10 +70,7 @@ class BesoPolicy(Policy):
 
     def __init__(self, config: BesoConfig, normalizer: Normalizer | None = None) -> None:
         super().__init__(config, normalizer)
-        enc = config.obs_encoder
-        self.obs_encoder = MultiModalObsEncoder(
-            config.obs_spec, enc.image_width, enc.num_kp, enc.image_feature_dim, enc.crop_shape, enc.output_activation
-        )
+        self.obs_encoder = MultiModalObsEncoder.from_config(config.obs_spec, config.obs_encoder)
         d = self.obs_encoder.out_dim
         self.n_goal = 1 if config.goal.enabled else 0
         n = config.net
@@ -182,7 +176,7 @@ class BesoPolicy(Policy):
                 schedule=e.schedule,
                 rho=e.rho,
                 from_action_fn=lambda a: self.normalizer.normalize("action", a),
-                snap_fn=lambda a: snap_discrete(a, self.config.action_spec),
+                snap_fn=self.snap_discrete,
             )
             self.__dict__["_view"] = view
         return view
@@ -237,7 +231,7 @@ class BesoPolicy(Policy):
         view = self.denoiser_view()
         cond = self._engine_encode(obs, options.guidance_weight)
         b, n = cond["cond"].shape[0], num_samples
-        gens = _row_generators(generator, b, n)
+        gens = row_generators(generator, b, n)
         noise = self.initial_noise(options.noise, gens, b, n)
         cond = repeat_cond(cond, n)
         x0 = sample_chunk(view, cond, noise=noise, method=method.value, steps=steps, generator=gens)

@@ -15,7 +15,7 @@ what the policy samples.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -34,10 +34,8 @@ from robopolicy.nn.obs_encoders import MultiModalObsEncoder
 from robopolicy.nn.transformer import TransformerForDiffusion
 from robopolicy.nn.unet1d import ConditionalUnet1D
 from robopolicy.policies.diffusion.config import DiffusionConfig, DiffusionInferenceOptions, Sampler
-from robopolicy.policy import Policy, register_policy
+from robopolicy.policy import Generators, Policy, register_policy, row_generators
 from robopolicy.types import ActionSpec, ObservationSpec
-
-Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 class FlatCondUnet1D(ConditionalUnet1D):
@@ -98,10 +96,7 @@ class DiffusionPolicy(Policy):
 
     def __init__(self, config: DiffusionConfig, normalizer: Normalizer | None = None) -> None:
         super().__init__(config, normalizer)
-        enc = config.obs_encoder
-        self.obs_encoder = MultiModalObsEncoder(
-            config.obs_spec, enc.image_width, enc.num_kp, enc.image_feature_dim, enc.crop_shape, enc.output_activation
-        )
+        self.obs_encoder = MultiModalObsEncoder.from_config(config.obs_spec, config.obs_encoder)
         build = BACKBONES.get(type(config.backbone))
         if build is None:
             built = sorted(t.kind for t in BACKBONES)
@@ -156,7 +151,7 @@ class DiffusionPolicy(Policy):
                 (self.config.horizon, self.config.action_spec.dim),
                 self.config.noise,
                 from_action_fn=lambda a: self.normalizer.normalize("action", a),
-                snap_fn=lambda a: snap_discrete(a, self.config.action_spec),
+                snap_fn=self.snap_discrete,
             )
             self.__dict__["_view"] = view
         return view
@@ -204,7 +199,7 @@ class DiffusionPolicy(Policy):
         view = self.denoiser_view()
         cond = view.encode(obs)
         b, n = cond.shape[0], num_samples
-        gens = _row_generators(generator, b, n)
+        gens = row_generators(generator, b, n)
         x = self.initial_noise(options.noise, gens, b, n)
         cond = repeat_cond(cond, n)
         if self.engine_config.cuda_graph and x.is_cuda and torch.is_tensor(cond):
@@ -272,29 +267,3 @@ class DiffusionPolicy(Policy):
                 backbone=TransformerConfig(n_layer=1, n_head=2, n_emb=16, p_drop_attn=0.0), **common
             ),
         }
-
-
-def snap_discrete(action: torch.Tensor, spec: ActionSpec) -> torch.Tensor:
-    """Discrete dims (grippers) snap to the nearer of low / high; continuous dims unchanged.
-
-    A non-finite value stays non-finite (a NaN gripper must not become a valid-looking limit:
-    the contract's output check refuses it)."""
-    if not any(spec.discrete):
-        return action
-    mask = torch.tensor(spec.discrete, device=action.device) & torch.isfinite(action)
-    low = torch.tensor(spec.low, device=action.device, dtype=action.dtype)
-    high = torch.tensor(spec.high, device=action.device, dtype=action.dtype)
-    snapped = torch.where(action >= (low + high) / 2, high, low)
-    return torch.where(mask, snapped, action)
-
-
-def _row_generators(generator: Generators, b: int, n: int) -> list[torch.Generator] | None:
-    """One generator per output row (B * N rows, element-major), diffusers' list convention."""
-    if generator is None:
-        return None
-    if isinstance(generator, torch.Generator):
-        return [generator] * (b * n)
-    gens = list(generator)
-    if len(gens) != b:
-        raise ValueError(f"a list of generators must have one per batch element ({b}), got {len(gens)}")
-    return [g for g in gens for _ in range(n)]

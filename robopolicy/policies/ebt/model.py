@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -45,10 +45,8 @@ from robopolicy.policies.ebt.config import (
     EBTNetworkConfig,
     MemoryMask,
 )
-from robopolicy.policy import Policy, register_policy
+from robopolicy.policy import Generators, Policy, register_policy, row_generators
 from robopolicy.types import ActionSpec, ObservationSpec
-
-Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 # ---------------------------------------------------------------------- building blocks
@@ -257,10 +255,8 @@ class EBTPolicy(Policy):
 
     def __init__(self, config: EBTConfig, normalizer: Normalizer | None = None) -> None:
         super().__init__(config, normalizer)
-        enc, net = config.obs_encoder, config.network
-        self.obs_encoder = MultiModalObsEncoder(
-            config.obs_spec, enc.image_width, enc.num_kp, enc.image_feature_dim, enc.crop_shape, enc.output_activation
-        )
+        net = config.network
+        self.obs_encoder = MultiModalObsEncoder.from_config(config.obs_spec, config.obs_encoder)
         self.obs_net = ObsTemporalEncoder(self.obs_encoder.out_dim, config.n_obs_steps, net)
         self.energy_net = EnergyNet(config.action_spec.dim, config.horizon, config.n_obs_steps, net)
         self.obs_net.apply(_init_linear)
@@ -418,7 +414,7 @@ class EBTPolicy(Policy):
                 cond = self.encode_obs(obs, engine=True)
                 b, n = cond.shape[0], num_samples
                 memory = self.energy_net.prepare(cond.repeat_interleave(n, dim=0) if n > 1 else cond)
-            y = self.initial_noise(options.noise, _row_generators(generator, b, n), b, n)
+            y = self.initial_noise(options.noise, row_generators(generator, b, n), b, n)
             y, info = self._descend(y, memory, cap, tol)
             actions = self.snap_discrete(self.normalizer.unnormalize(ACTION_KEY, y))
         nfe = (2 * info["steps"] + 1).view(b, n).sum(dim=1)
@@ -500,15 +496,3 @@ class EBTPolicy(Policy):
             "paper": EBTConfig(inference=EBTInferenceDefaults(num_inference_steps=2), **common),
             "dynamic": EBTConfig(inference=EBTInferenceDefaults(dynamic=True, max_steps=6, grad_tol=0.05), **common),
         }
-
-
-def _row_generators(generator: Generators, b: int, n: int) -> list[torch.Generator] | None:
-    """One generator per output row (B * N rows, sample-major within a batch element)."""
-    if generator is None:
-        return None
-    if isinstance(generator, torch.Generator):
-        return [generator] * (b * n)
-    gens = list(generator)
-    if len(gens) != b:
-        raise ValueError(f"a list of generators must have one per batch element ({b}), got {len(gens)}")
-    return [g for g in gens for _ in range(n)]
