@@ -39,9 +39,10 @@ Chunk timing (H = horizon, To = n_obs_steps, Ta = n_action_steps)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -56,6 +57,7 @@ from robopolicy.data.normalizer import ACTION_KEY, Normalizer, NormMode, normali
 from robopolicy.data.windows import DataWindows
 from robopolicy.inference.engine import EngineConfig, NetworkEngine, build_engine, cpu_threads
 from robopolicy.inference.output import PolicyOutput
+from robopolicy.nn.configs import ObsEncoderConfig
 from robopolicy.types import ActionSpec, ChunkTiming, FieldKind, ObservationSpec
 
 FORMAT_VERSION = 1
@@ -87,6 +89,10 @@ class PolicyConfig:
     gets the default: ``limits`` for low-dim obs and actions, ``image`` for images."""
     preset_name: ClassVar[str] = ""
     """The policy name a preset of this config may carry (``policy: <name>``)."""
+    parts: ClassVar[dict[str, type]] = {}
+    """The subclass's nested config parts by field name, each checked to be of its type (a
+    plain dict left by a caller is refused with the part's name); an ``obs_encoder`` part is
+    also checked against the observation spec."""
     discrete_action_scale: float = 1.0
     """Discrete action dims (grippers) are not fitted but multiplied by this in the normalized
     coordinate (1: left as they are; 0.1: RTI's scaled-gripper training, +-1 stored as +-0.1)."""
@@ -99,6 +105,13 @@ class PolicyConfig:
         object.__setattr__(self, "normalization", {k: NormMode(m) for k, m in self.normalization.items()})
         if not (np.isfinite(self.discrete_action_scale) and self.discrete_action_scale > 0):
             raise ValueError(f"discrete_action_scale must be finite and > 0, got {self.discrete_action_scale}")
+        for name, part in self.parts.items():
+            if not isinstance(getattr(self, name), part):
+                raise TypeError(f"{name} must be a {part.__name__}, got {getattr(self, name)!r}")
+        encoder = getattr(self, "obs_encoder", None)
+        if isinstance(encoder, ObsEncoderConfig):
+            with config_part("obs_encoder"):
+                encoder.check_images(self.obs_spec)
 
     @property
     def timing(self) -> ChunkTiming:
@@ -129,6 +142,15 @@ class PolicyConfig:
         data = merge_dicts(data, apply_overrides({}, list(overrides)))
         data.update(obs_spec=obs_spec, action_spec=action_spec)
         return from_dict(cls, data)
+
+
+@contextlib.contextmanager
+def config_part(name: str) -> Iterator[None]:
+    """Prefix a config part's ValueError with the part's name (``backbone: horizon must be ...``)."""
+    try:
+        yield
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
 
 
 def register_policy(name: str):

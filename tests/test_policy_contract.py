@@ -279,6 +279,20 @@ def test_a_subclass_cannot_skip_the_checks():
 
 
 @pytest.mark.parametrize("cls,cfg", CASES)
+def test_config_parts_are_typed_and_checked_against_the_spec(cls, cfg):
+    """Every declared part must be its config type (a raw dict is refused naming the part); an
+    image encoder's crop larger than a camera is refused naming ``obs_encoder``."""
+    for name, part in type(cfg).parts.items():
+        with pytest.raises(TypeError, match=f"{name} must be a {part.__name__}"):
+            dataclasses.replace(cfg, **{name: {}})
+    if "obs_encoder" in type(cfg).parts:
+        images = ObservationSpec((FieldSpec("state", (5,)), FieldSpec("cam_image", (8, 8, 3), kind="image")))
+        enc = dataclasses.replace(cfg.obs_encoder, crop_shape=(12, 12))
+        with pytest.raises(ValueError, match="^obs_encoder: "):
+            dataclasses.replace(cfg, obs_spec=images, obs_encoder=enc)
+
+
+@pytest.mark.parametrize("cls,cfg", CASES)
 def test_inference_options_are_typed(cls, cfg):
     """Options are the policy's own typed dataclass: known fields pass, an unknown one is refused
     naming the valid ones (the eval runner checks --sampler etc. this way, before any rollout)."""

@@ -18,9 +18,8 @@ The parts are shared with later policies: :mod:`robopolicy.nn.configs` (backbone
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from robopolicy.data.normalizer import ACTION_KEY, NormMode
@@ -28,7 +27,7 @@ from robopolicy.diffusion.samplers import InferenceDefaults
 from robopolicy.diffusion.samplers import SamplerMethod as Sampler
 from robopolicy.diffusion.schedulers import NoiseScheduleConfig
 from robopolicy.nn.configs import BackboneConfig, ObsEncoderConfig, UnetConfig
-from robopolicy.policy import PolicyConfig
+from robopolicy.policy import PolicyConfig, config_part
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +57,12 @@ class DiffusionConfig(PolicyConfig):
     """Diffusion Policy. Defaults are the paper's low-dim U-Net settings (H 16, To 2, Ta 8)."""
 
     preset_name: ClassVar[str] = "diffusion"
+    parts: ClassVar[dict[str, type]] = {
+        "backbone": BackboneConfig,
+        "obs_encoder": ObsEncoderConfig,
+        "noise": NoiseScheduleConfig,
+        "inference": InferenceDefaults,
+    }
 
     backbone: BackboneConfig = dataclasses.field(default_factory=UnetConfig)
     """Noise-prediction network, by kind: ``{kind: unet, ...}`` or ``{kind: transformer, ...}``."""
@@ -70,19 +75,8 @@ class DiffusionConfig(PolicyConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        parts = {
-            "backbone": BackboneConfig,
-            "obs_encoder": ObsEncoderConfig,
-            "noise": NoiseScheduleConfig,
-            "inference": InferenceDefaults,
-        }
-        for name, part in parts.items():
-            if not isinstance(getattr(self, name), part):
-                raise TypeError(f"{name} must be a {part.__name__}, got {getattr(self, name)!r}")
-        with _part("backbone"):
+        with config_part("backbone"):
             self.backbone.check_horizon(self.horizon)
-        with _part("obs_encoder"):
-            self.obs_encoder.check_images(self.obs_spec)
         steps, train_steps = self.inference.num_inference_steps, self.noise.num_train_timesteps
         if steps > train_steps:
             raise ValueError(
@@ -98,15 +92,6 @@ class DiffusionConfig(PolicyConfig):
     def migrate_dict(cls, data: Mapping[str, Any]) -> dict[str, Any]:
         """Called by :func:`robopolicy.config.from_dict`: a flat (format 1) dict becomes parts."""
         return migrate_flat_config(data)
-
-
-@contextlib.contextmanager
-def _part(name: str) -> Iterator[None]:
-    """Prefix a part's ValueError with the part's name (``backbone: horizon must be ...``)."""
-    try:
-        yield
-    except ValueError as e:
-        raise ValueError(f"{name}: {e}") from None
 
 
 # ---------------------------------------------------------------------- format 1 (flat) configs

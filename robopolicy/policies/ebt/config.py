@@ -17,19 +17,14 @@ them). Fields that deviate from the reference code are marked *deviation* in the
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import math
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from robopolicy.config import apply_overrides, from_dict, load_yaml, merge_dicts
 from robopolicy.data.normalizer import ACTION_KEY, NormMode
 from robopolicy.nn.configs import ObsEncoderConfig
 from robopolicy.policy import PolicyConfig
-from robopolicy.types import ActionSpec, ObservationSpec
 
 
 class MemoryMask(str, enum.Enum):
@@ -215,51 +210,19 @@ class EBTConfig(PolicyConfig):
     inference: EBTInferenceDefaults = dataclasses.field(default_factory=EBTInferenceDefaults)
     """Default steps / dynamic mode of ``predict`` (a call's options override them)."""
 
+    preset_name: ClassVar[str] = "ebt"
+    parts: ClassVar[dict[str, type]] = {
+        "network": EBTNetworkConfig,
+        "obs_encoder": ObsEncoderConfig,
+        "descent": EBTDescentConfig,
+        "inference": EBTInferenceDefaults,
+    }
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        parts = {
-            "network": EBTNetworkConfig,
-            "obs_encoder": ObsEncoderConfig,
-            "descent": EBTDescentConfig,
-            "inference": EBTInferenceDefaults,
-        }
-        for name, part in parts.items():
-            if not isinstance(getattr(self, name), part):
-                raise TypeError(f"{name} must be a {part.__name__}, got {getattr(self, name)!r}")
-        with _part("obs_encoder"):
-            self.obs_encoder.check_images(self.obs_spec)
         mode = self.normalization.get(ACTION_KEY, NormMode.LIMITS)
         if mode is not NormMode.LIMITS:
             raise ValueError(
                 f"normalization.action must be 'limits' for EBT-Policy, got {mode.value!r}: the candidate starts "
                 "from N(0, I) and is RMS-normalised, so the actions must live in [-1, 1] (the reference asserts it)"
             )
-
-    @classmethod
-    def from_preset(
-        cls,
-        path: str | Path,
-        obs_spec: ObservationSpec,
-        action_spec: ActionSpec,
-        overrides: Sequence[str] = (),
-    ) -> EBTConfig:
-        """Build from a ``configs/policies/ebt_*.yaml`` preset plus dotted overrides.
-
-        The preset's optional ``policy: ebt`` entry names the policy and is dropped here.
-        """
-        data = load_yaml(path)
-        name = data.pop("policy", "ebt")
-        if name != "ebt":
-            raise ValueError(f"{path} is a preset for policy {name!r}, not 'ebt'")
-        data = merge_dicts(data, apply_overrides({}, list(overrides)))
-        data.update(obs_spec=obs_spec, action_spec=action_spec)
-        return from_dict(cls, data)
-
-
-@contextlib.contextmanager
-def _part(name: str) -> Iterator[None]:
-    """Prefix a part's ValueError with the part's name (``obs_encoder: crop_shape ...``)."""
-    try:
-        yield
-    except ValueError as e:
-        raise ValueError(f"{name}: {e}") from None
