@@ -7,8 +7,9 @@ an episode ends at success or after ``suite.max_steps`` steps. A worker whose ep
 takes the next queued episode, so the batch is "all envs still running".
 
 Suite options: ``goals`` (goal-conditioned: episode i starts from held-out demonstration i's
-seed and the policy gets its final frame as ``obs["goal.<key>"]`` (B, 1, ...); success is the
-task's or, with a tolerance, reaching the goal at any step) and ``perturbation`` (a scripted
+seed and the policy gets its final frame as ``obs["goal.<key>"]`` (B, 1, ...); success, judged
+by the env worker, is the task's or reaching the goal within a tolerance, or with
+``goals.success: goal`` the goal only) and ``perturbation`` (a scripted
 shove mid-episode, executed by the worker in place of the policy's actions). Policies that
 return ``info["energy"]`` (EBT) get it recorded per chunk against the env step, and the report
 plots it for successful against failed episodes.
@@ -84,8 +85,6 @@ class _Slot:
     nfe: int = 0
     t: int = 0
     energy: list[tuple[int, float]] = dataclasses.field(default_factory=list)
-    goal_distance: float = float("inf")
-    goal_reached_t: int | None = None
     perturbed_steps: int = 0
 
 
@@ -126,13 +125,6 @@ def load_goals(
         seeds.append(int(meta["seed"]))
         goals.append({k: np.asarray(store[k][last]) for k in fields})
     return seeds, goals
-
-
-def _goal_distance(source: GoalSource, obs: dict[str, Any], goal: dict[str, np.ndarray]) -> float:
-    a, g = np.asarray(obs[source.match_key], dtype=np.float64), np.asarray(goal[source.match_key], dtype=np.float64)
-    if source.match_dims:
-        a, g = a[list(source.match_dims)], g[list(source.match_dims)]
-    return float(np.linalg.norm(a - g))
 
 
 def episode_generator(seed: int, device: Any = "cpu") -> torch.Generator:
@@ -179,7 +171,8 @@ def _run_episodes(
             i = queue.popleft()
             slots[w] = _Slot(i, seeds[i], episode_generator(seeds[i], policy.device))
             video = video_paths.get(i)
-            calls.append((w, "reset", (seeds[i], str(video) if video else None, shove)))
+            goal = (source, goals[i]) if goals and source is not None else None
+            calls.append((w, "reset", (seeds[i], str(video) if video else None, shove, goal)))
         if calls:
             actor.reset(env_ids=[w for w, _, _ in calls])
         for (w, _, _), obs in zip(calls, vec.call(calls)):
@@ -209,31 +202,26 @@ def _run_episodes(
         finished = []
         for w, rep in zip(active, replies):
             slot = slots[w]
-            first_t = int(rep["t"]) - len(rep["obs"]) + 1
-            for j, o in enumerate(rep["obs"]):
+            for o in rep["obs"]:
                 executor.observe(w, o)
                 if actor.observes_every_step:
                     actor.observe({k: np.asarray(o[k])[None] for k in keys}, env_ids=[w])
-                if source is not None and source.tolerance is not None and slot.goal_reached_t is None:
-                    slot.goal_distance = min(slot.goal_distance, _goal_distance(source, o, goals[slot.index]))
-                    if slot.goal_distance <= source.tolerance:
-                        slot.goal_reached_t = first_t + j
             slot.t = int(rep["t"])
             slot.perturbed_steps = int(rep.get("perturbed_steps", 0))
-            if rep["done"]:  # an episode that reaches its goal runs on (its video ends with the episode)
+            if rep["done"]:  # at success (the suite's goal rule with goals) or max_steps
                 result = {
                     "episode": slot.index,
                     "seed": slot.seed,
-                    "success": bool(rep["success"]) or slot.goal_reached_t is not None,
+                    "success": bool(rep["success"]),
                     "length": int(rep["t"]),
                     "reward": float(rep["reward"]),
                     "nfe": slot.nfe,
                     "video": rep["video"],
                 }
                 if goals:
-                    result.update(task_success=bool(rep["success"]), goal_reached_t=slot.goal_reached_t)
+                    result.update(task_success=bool(rep["task_success"]), goal_reached_t=rep["goal_reached_t"])
                     if source is not None and source.tolerance is not None:
-                        result["goal_distance"] = slot.goal_distance
+                        result["goal_distance"] = float(rep["goal_distance"])
                 if shove is not None:
                     result["perturbed_steps"] = slot.perturbed_steps
                 if slot.energy:

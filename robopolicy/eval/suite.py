@@ -7,8 +7,11 @@ the demo-generation seeds 0..N; episode ``i`` of an evaluation uses ``seed_start
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from robopolicy.config import from_dict, load_yaml, resolve_path, to_dict
 
@@ -25,8 +28,13 @@ class GoalSource:
 
         robopolicy demos generate --task Lift --episodes 50 --seed 100000 --out datasets/lift_goals.zarr
 
-    Success: the task's own success, or (with ``tolerance``) being within ``tolerance`` of the
-    goal on ``match_key[match_dims]`` (Euclidean) at any step."""
+    Success (``success``), and the episode ends at it:
+
+    * ``task_or_goal`` (default): the task's own success, or (with ``tolerance``) being within
+      ``tolerance`` of the goal on ``match_key[match_dims]`` (Euclidean) at any step;
+    * ``goal``: reaching the goal only. The task's own success is recorded but ends nothing,
+      for tasks with several outcomes (one scripted expert variant puts the Lift cube down on
+      one of four spots: ``demos generate --task Lift --variant place4``)."""
 
     store: str
     match_key: str | None = None
@@ -35,6 +43,8 @@ class GoalSource:
     """Dims of ``match_key`` compared (empty: all), e.g. ``[0, 1, 2]``: the object's position."""
     tolerance: float | None = None
     """Reach distance in the key's units (None: task success only)."""
+    success: str = "task_or_goal"
+    """``task_or_goal`` or ``goal`` (see above)."""
 
     def __post_init__(self) -> None:
         if not self.store:
@@ -45,6 +55,18 @@ class GoalSource:
             if not self.match_key:
                 raise ValueError("goals.tolerance needs goals.match_key (the observation compared with the goal)")
         object.__setattr__(self, "match_dims", tuple(int(d) for d in self.match_dims))
+        if self.success not in ("task_or_goal", "goal"):
+            raise ValueError(f"goals.success must be 'task_or_goal' or 'goal', got {self.success!r}")
+        if self.success == "goal" and self.tolerance is None:
+            raise ValueError("goals.success: goal needs goals.tolerance (the reach distance)")
+
+    def distance(self, obs: Mapping[str, Any], goal: Mapping[str, np.ndarray]) -> float:
+        """Euclidean distance between ``obs`` and the goal frames on ``match_key[match_dims]``."""
+        a = np.asarray(obs[self.match_key], dtype=np.float64)
+        g = np.asarray(goal[self.match_key], dtype=np.float64)
+        if self.match_dims:
+            a, g = a[list(self.match_dims)], g[list(self.match_dims)]
+        return float(np.linalg.norm(a - g))
 
 
 @dataclasses.dataclass(frozen=True)

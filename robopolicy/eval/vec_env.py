@@ -5,9 +5,10 @@ applied first) and runs whole action slices, so one round trip moves an env thro
 
     main process                         worker w
     ------------                         --------
-    reset(seed, video[, shove])──────▶   env.reset(seed); first frame if recording
+    reset(seed, video[, shove[, goal]])──▶  env.reset(seed); first frame if recording
     run(actions (n, Da))       ──────▶   step until n done, success or max_steps (a suite's
-                                         scripted shove replaces the actions of its steps)
+                                         scripted shove replaces the actions of its steps; with
+                                         a goal, success is the suite's goals.success)
                                ◀──────   {"obs": [per-step obs], "success", "done", "t", ...}
 
 Calls to several workers are sent first and received after (:meth:`SubprocVecEnv.call`), so
@@ -33,13 +34,36 @@ from robopolicy.interrupts import ignore_sigint
 class _Episode:
     """Worker-side state of the running episode."""
 
-    def __init__(self, video: str | None, perturbation: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        video: str | None,
+        perturbation: dict[str, Any] | None = None,
+        goal: tuple[Any, dict[str, np.ndarray]] | None = None,
+    ) -> None:
         self.video = video
         self.frames: list[np.ndarray] = []
         self.success = False
+        self.task_success = False
         self.reward = 0.0
         self.perturbation = perturbation
         self.perturbed_steps = 0
+        self.goal = goal  # (GoalSource, goal frames) or None
+        self.goal_distance = float("inf")
+        self.goal_reached_t: int | None = None
+
+    def update(self, t: int, obs: dict[str, Any], task_success: bool) -> None:
+        """Success after env step ``t`` (the suite's goal rule when there is a goal)."""
+        self.task_success = self.task_success or task_success
+        if self.goal is None:
+            self.success = self.task_success
+            return
+        source, frames = self.goal
+        if source.tolerance is not None and self.goal_reached_t is None:
+            self.goal_distance = min(self.goal_distance, source.distance(obs, frames))
+            if self.goal_distance <= source.tolerance:
+                self.goal_reached_t = t
+        reached = self.goal_reached_t is not None
+        self.success = reached if source.success == "goal" else reached or self.task_success
 
     def action(self, t: int, a: np.ndarray) -> np.ndarray:
         """The action executed at env step ``t``: the policy's, or the scripted shove's."""
@@ -57,7 +81,7 @@ def _run(env: Any, ep: _Episode, actions: np.ndarray, fps: int, video_size: int,
         obs, reward, done, info = env.step(ep.action(env.t, a))
         obs_list.append(obs)
         ep.reward += reward
-        ep.success = ep.success or bool(info["success"])
+        ep.update(env.t, obs, bool(info["success"]))
         if ep.video:
             ep.frames.append(env.render_frame(camera=camera, size=video_size))
         if ep.success or done:
@@ -66,6 +90,9 @@ def _run(env: Any, ep: _Episode, actions: np.ndarray, fps: int, video_size: int,
     out = {
         "obs": obs_list,
         "success": ep.success,
+        "task_success": ep.task_success,
+        "goal_distance": ep.goal_distance,
+        "goal_reached_t": ep.goal_reached_t,
         "done": done,
         "t": env.t,
         "reward": ep.reward,
@@ -100,8 +127,8 @@ def worker_main(conn: Connection, env_kwargs: dict[str, Any], video_size: int, v
         while True:
             cmd, arg = conn.recv()
             if cmd == "reset":
-                seed, video, *rest = arg  # (seed, video path or None[, perturbation dict or None])
-                ep = _Episode(video, rest[0] if rest else None)
+                seed, video, *rest = arg  # (seed, video or None[, shove or None[, (GoalSource, frames) or None]])
+                ep = _Episode(video, *rest)
                 obs = env.reset(int(seed))
                 if video:
                     ep.frames.append(env.render_frame(camera=video_camera, size=video_size))

@@ -45,26 +45,53 @@ class GoalPolicy:
         pass
 
 
-def test_goals_reach_the_policy_row_by_row_and_reaching_one_is_a_success():
-    vec, policy = FakeVec(2), GoalPolicy()
+def _goal_rollout(goal_x1, success="task_or_goal"):
     seeds = [100, 101, 102]
-    goals = [{"x": np.array([s, 5.0], dtype=np.float32)} for s in seeds]
-    suite = SimpleNamespace(
-        goals=GoalSource("unused.zarr", match_key="x", match_dims=(1,), tolerance=0.5), perturbation=None
+    goals = [{"x": np.array([s, goal_x1], dtype=np.float32)} for s in seeds]
+    source = GoalSource("unused.zarr", match_key="x", match_dims=(1,), tolerance=0.5, success=success)
+    policy = GoalPolicy()
+    roll = _run_episodes(
+        policy,
+        policy,
+        FakeVec(2),
+        seeds,
+        {},
+        None,
+        None,
+        False,
+        SimpleNamespace(goals=source, perturbation=None),
+        goals,
     )
-    roll = _run_episodes(policy, policy, vec, seeds, {}, None, None, False, suite, goals)
+    return policy, roll.episodes
+
+
+def test_goals_reach_the_policy_row_by_row_and_reaching_one_is_a_success():
+    # the fake env's task succeeds by itself at t = 10 for even seeds; x[1] = t
+    policy, eps = _goal_rollout(5.0)
     for g in policy.goals_seen:  # (B, 1, 2), each row the goal of the episode its env runs
         assert g.ndim == 3 and g.shape[1:] == (1, 2)
     assert policy.goals_seen[0][:, 0, 0].tolist() == [100, 101]
-    eps = roll.episodes
-    # the fake env succeeds by itself for even seeds; seed 101 reaches its goal (x[1] = t = 5) at step 5
-    assert [e["task_success"] for e in eps] == [True, False, True]
+    # reached at step 5: a success, and the episode ends there (before the task's own success)
     assert [e["goal_reached_t"] for e in eps] == [5, 5, 5] and all(e["success"] for e in eps)
+    assert [e["length"] for e in eps] == [5, 5, 5] and [e["task_success"] for e in eps] == [False] * 3
     assert [e["goal_distance"] for e in eps] == [0.0, 0.0, 0.0]
-    far = [{"x": np.array([s, 50.0], dtype=np.float32)} for s in seeds]  # out of reach: task success only
-    roll = _run_episodes(policy, GoalPolicy(), FakeVec(2), seeds, {}, None, None, False, suite, far)
-    assert [e["success"] for e in roll.episodes] == [True, False, True]
-    assert [e["goal_reached_t"] for e in roll.episodes] == [None, None, None]
+    _, eps = _goal_rollout(50.0)  # out of reach: the task's success only
+    assert [e["success"] for e in eps] == [True, False, True] and [e["length"] for e in eps] == [10, 12, 10]
+    assert [e["goal_reached_t"] for e in eps] == [None, None, None]
+    assert [e["goal_distance"] for e in eps] == [40.0, 38.0, 40.0]
+
+
+def test_goal_only_success_ignores_the_tasks_own_success_and_runs_on_to_the_goal():
+    _, eps = _goal_rollout(11.0, success="goal")
+    assert [e["task_success"] for e in eps] == [True, False, True]  # recorded, but it ended nothing
+    assert all(e["success"] for e in eps) and [e["length"] for e in eps] == [11, 11, 11]
+    _, eps = _goal_rollout(50.0, success="goal")
+    assert not any(e["success"] for e in eps) and [e["task_success"] for e in eps] == [True, False, True]
+    assert [e["length"] for e in eps] == [12, 12, 12]
+    with pytest.raises(ValueError, match="needs goals.tolerance"):
+        GoalSource("g.zarr", match_key="x", success="goal")
+    with pytest.raises(ValueError, match="goals.success must be"):
+        GoalSource("g.zarr", match_key="x", tolerance=0.1, success="task")
 
 
 def test_energy_is_recorded_per_chunk_and_plotted_for_successes_and_failures(tmp_path):

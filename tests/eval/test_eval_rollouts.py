@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from robopolicy.eval.runner import _run_episodes, evaluate, resolve_checkpoint
+from robopolicy.eval.vec_env import _Episode
 from robopolicy.inference.output import PolicyOutput
 from robopolicy.types import ChunkTiming
 
@@ -20,12 +21,15 @@ from policy_fixture import make_store, tiny_config  # noqa: E402
 
 
 class FakeVec:
-    """obs "x" = [seed, t]; success once t reaches 10 for even seeds; max 12 steps."""
+    """obs "x" = [seed, t]; the task succeeds once t reaches 10 for even seeds; max 12 steps.
+    Success and the end of an episode are the real worker's rule (``_Episode.update``: the
+    task's success, or a suite goal's)."""
 
     def __init__(self, n: int) -> None:
         self.n = n
         self.t = [0] * n
         self.seed = [0] * n
+        self.ep = [_Episode(None)] * n
         self.received: list[np.ndarray] = []
 
     def call(self, calls):
@@ -33,18 +37,31 @@ class FakeVec:
         for w, cmd, arg in calls:
             if cmd == "reset":
                 self.seed[w], self.t[w] = arg[0], 0
+                self.ep[w] = _Episode(None, *arg[2:])
                 out.append({"x": np.array([arg[0], 0.0])})
                 continue
-            obs, done, ok = [], False, False
+            obs, done, ep = [], False, self.ep[w]
             for a in arg:
                 self.received.append(a)
                 self.t[w] += 1
                 obs.append({"x": np.array([self.seed[w], self.t[w]], dtype=float)})
-                ok = self.seed[w] % 2 == 0 and self.t[w] >= 10
-                done = ok or self.t[w] >= 12
+                ep.update(self.t[w], obs[-1], self.seed[w] % 2 == 0 and self.t[w] >= 10)
+                done = ep.success or self.t[w] >= 12
                 if done:
                     break
-            out.append({"obs": obs, "success": ok, "done": done, "t": self.t[w], "reward": 0.0, "video": None})
+            out.append(
+                {
+                    "obs": obs,
+                    "success": ep.success,
+                    "task_success": ep.task_success,
+                    "goal_distance": ep.goal_distance,
+                    "goal_reached_t": ep.goal_reached_t,
+                    "done": done,
+                    "t": self.t[w],
+                    "reward": 0.0,
+                    "video": None,
+                }
+            )
         return out
 
 
