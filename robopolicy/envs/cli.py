@@ -54,6 +54,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--noise", type=float, default=0.05, help="expert noise scale: action std, waypoint std = noise/10 m (0.05)"
     )
+    g.add_argument(
+        "--variant",
+        default=None,
+        help="expert variant: Lift place4 (put the cube down on one of four spots: several outcomes, for goal suites)",
+    )
     g.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: the task's)")
     g.add_argument("--max-attempts", type=int, default=None, help="attempt cap (default 2*episodes+20)")
     g.add_argument("--keep-failed", action="store_true", help="also store failed attempts, flagged success=false")
@@ -125,6 +130,7 @@ def _generate(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         max_steps=args.max_steps,
         max_attempts=args.max_attempts,
+        variant=args.variant,
     )
     print(json.dumps(report.to_dict()))
     if report.interrupted:

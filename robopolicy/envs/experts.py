@@ -16,6 +16,14 @@ Noise makes demos differ beyond their seeded initial states:
 - ``action``: Gaussian std added to the translation part of each action (normalized units),
 - ``target``: Gaussian std [m] added to each waypoint when its phase starts.
 
+Variants change what an expert does and when its demo succeeds (``make_expert(...,
+variant=...)``, ``demos generate --variant``):
+
+- ``Lift`` / ``place4``: after the grasp the cube is carried to one of four spots 12 cm from
+  where it started (+x, -x, +y, -y, drawn per episode), put down and released. A demo
+  succeeds once the cube rests on its spot and the gripper is open. Its final states have four
+  outcomes: a task for goal-conditioned evaluation (``sim/lift_place_goals.yaml``).
+
 Usage::
 
     expert = make_expert("Lift", env, np.random.default_rng(0), noise=ExpertNoise(0.05, 0.005))
@@ -97,6 +105,7 @@ class WaypointExpert:
         build_phases: Callable[[WaypointExpert], list[Phase]],
         rng: np.random.Generator,
         noise: ExpertNoise = ExpertNoise(),
+        success: Callable[[WaypointExpert, dict], bool] | None = None,
     ) -> None:
         self.env = env
         self.sim = env.env.sim
@@ -104,8 +113,14 @@ class WaypointExpert:
         self.rng = rng
         self.noise = noise
         self._build = build_phases
+        self._success = success
         self.phases: list[Phase] = []
         self.k = 0
+
+    def succeeded(self, info: dict) -> bool:
+        """Whether the demo has succeeded after a step with env ``info``: the task's own success,
+        or the variant's rule."""
+        return bool(info["success"]) if self._success is None else self._success(self, info)
 
     # privileged state helpers used by the phase builders
     def body_pos(self, body_id: int) -> np.ndarray:
@@ -212,11 +227,48 @@ def _stack_phases(ex: WaypointExpert) -> list[Phase]:
     ]
 
 
+PLACE_SPOTS = np.array([[0.12, 0.0], [-0.12, 0.0], [0.0, 0.12], [0.0, -0.12]])
+"""Lift/place4: where the cube is put down, relative to where it started (x, y) [m]."""
+
+
+def _lift_place_phases(ex: WaypointExpert) -> list[Phase]:
+    cube = ex.raw.cube_body_id
+    up = np.array([0.0, 0.0, 1.0])
+    start = ex.body_pos(cube)
+    ex.place_target = np.array([*(start[:2] + PLACE_SPOTS[ex.rng.integers(len(PLACE_SPOTS))]), start[2]])
+    above = ex.place_target + 0.10 * up
+    return [
+        *_lift_phases(ex)[:3],  # approach, descend, grasp
+        Phase("lift", lambda: np.array([*ex.eef_pos[:2], above[2]]), CLOSE, tol=0.015),
+        Phase("carry", lambda: above, CLOSE, tol=0.01, timeout=120),
+        Phase("lower", lambda: ex.place_target + 0.005 * up, CLOSE, tol=0.01, timeout=40, noisy=False),
+        Phase("release", lambda: ex.eef_pos, OPEN, steps=6, noisy=False),
+        Phase("retreat", lambda: ex.eef_pos + 0.10 * up, OPEN, tol=0.02, noisy=False, timeout=200),
+    ]
+
+
+def _cube_placed(ex: WaypointExpert, info: dict) -> bool:
+    """Lift/place4 success: released (past the release phase) with the cube resting on its spot:
+    within 2.5 cm of it across the table, and within 2 cm of its start height (the cube starts
+    1 cm above the table and settles)."""
+    cube = ex.body_pos(ex.raw.cube_body_id)
+    past_release = ex.k > [p.name for p in ex.phases].index("release")
+    err = cube - ex.place_target
+    return past_release and float(np.linalg.norm(err[:2])) < 0.025 and abs(float(err[2])) < 0.02
+
+
 EXPERTS: dict[str, Callable[[WaypointExpert], list[Phase]]] = {
     "Lift": _lift_phases,
     "PickPlaceCan": _pick_place_can_phases,
     "Stack": _stack_phases,
 }
+
+VARIANTS: dict[
+    tuple[str, str], tuple[Callable[[WaypointExpert], list[Phase]], Callable[[WaypointExpert, dict], bool]]
+] = {
+    ("Lift", "place4"): (_lift_place_phases, _cube_placed),
+}
+"""Expert variants by (task, name): their phases and their success rule."""
 
 
 def make_expert(
@@ -224,21 +276,43 @@ def make_expert(
     env: RobosuiteEnv,
     rng: np.random.Generator | int | None = None,
     noise: ExpertNoise | float = 0.0,
+    variant: str | None = None,
 ) -> WaypointExpert:
     """A scripted expert for ``task`` acting in ``env`` (it reads privileged sim state from it).
 
-    ``noise`` is an :class:`ExpertNoise` or a scale for :meth:`ExpertNoise.from_scale`.
+    ``noise`` is an :class:`ExpertNoise` or a scale for :meth:`ExpertNoise.from_scale`;
+    ``variant`` one of :data:`VARIANTS` for the task (None: the task's own expert).
     """
     task_info(task)
     if task not in EXPERTS:
         raise ValueError(f"no scripted expert for task {task!r}; experts exist for: {', '.join(EXPERTS)}")
+    check_variant(task, variant)
     if env.task != task:
         raise ValueError(f"expert task {task!r} does not match the env's task {env.task!r}")
     if not isinstance(noise, ExpertNoise):
         noise = ExpertNoise.from_scale(float(noise))
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
-    return WaypointExpert(env, EXPERTS[task], rng, noise)
+    if variant is None:
+        return WaypointExpert(env, EXPERTS[task], rng, noise)
+    phases, success = VARIANTS[(task, variant)]
+    return WaypointExpert(env, phases, rng, noise, success)
 
 
-__all__ = ["ExpertNoise", "Phase", "WaypointExpert", "EXPERTS", "make_expert", "orientation_error"]
+def check_variant(task: str, variant: str | None) -> None:
+    """ValueError naming the variants of ``task`` when ``variant`` is not one of them."""
+    if variant is not None and (task, variant) not in VARIANTS:
+        known = sorted(v for t, v in VARIANTS if t == task)
+        raise ValueError(f"no expert variant {variant!r} for task {task!r}; its variants: {known or 'none'}")
+
+
+__all__ = [
+    "ExpertNoise",
+    "Phase",
+    "WaypointExpert",
+    "EXPERTS",
+    "VARIANTS",
+    "check_variant",
+    "make_expert",
+    "orientation_error",
+]

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from robopolicy.envs.experts import EXPERTS, ExpertNoise, make_expert
+from robopolicy.envs.experts import EXPERTS, ExpertNoise, check_variant, make_expert
 from robopolicy.envs.robosuite_env import RobosuiteEnv, task_info, validate_cameras
 from robopolicy.interrupts import GracefulStop, defer_interrupts, ignore_sigint
 from robopolicy.outputs import check_output_dir, discard, is_episode_store, staging_dir, swap_in
@@ -91,6 +91,7 @@ class _EpisodeJob:
     max_steps: int | None
     noise: ExpertNoise
     steps_after_success: int
+    variant: str | None = None
 
 
 _WORKER: dict[str, Any] = {}
@@ -110,7 +111,7 @@ def _init_worker(job: _EpisodeJob) -> None:
 def run_episode(env: RobosuiteEnv, job: _EpisodeJob, seed: int) -> tuple[bool, dict[str, np.ndarray]]:
     """One expert episode with env seed ``seed`` -> ``(success, {field: (T, ...)})``."""
     rng = np.random.default_rng([int(seed), 0x5EED])
-    expert = make_expert(job.task, env, rng, noise=job.noise)
+    expert = make_expert(job.task, env, rng, noise=job.noise, variant=job.variant)
     obs = env.reset(seed)
     expert.reset(obs)
     frames: list[dict[str, np.ndarray]] = []
@@ -122,7 +123,7 @@ def run_episode(env: RobosuiteEnv, job: _EpisodeJob, seed: int) -> tuple[bool, d
         frames.append(obs)
         actions.append(action.astype(np.float32))
         obs, _, done, info = env.step(action)
-        if info["success"] and success_at is None:
+        if success_at is None and expert.succeeded(info):
             success_at = env.t
         if success_at is not None and env.t >= success_at + job.steps_after_success:
             break
@@ -147,12 +148,18 @@ def check_output_path(out: str | Path, overwrite: bool) -> Path:
     return check_output_dir(out, "store", overwrite=overwrite)
 
 
-def _append_plan(store: Any, task: str, cameras: tuple[str, ...], image_size: int, seed: int | None) -> tuple[int, int]:
+def _append_plan(
+    store: Any, task: str, cameras: tuple[str, ...], image_size: int, seed: int | None, variant: str | None = None
+) -> tuple[int, int]:
     """``(first seed, successes already stored)`` to continue ``store``; ValueError if it was made otherwise."""
     attrs = store.attrs
     made_for = attrs.get("task") or str(attrs.get("source", "")).removeprefix("scripted:")
     if made_for != task:
         raise ValueError(f"--append: store {store.path} holds {made_for or 'unknown'!r} demos, not {task!r}")
+    if attrs.get("expert_variant") != variant:
+        raise ValueError(
+            f"--append: store {store.path} holds expert variant {attrs.get('expert_variant')!r} demos, got {variant!r}"
+        )
     if list(attrs.get("cameras", [])) != list(cameras):
         raise ValueError(
             f"--append: store {store.path} records cameras {attrs.get('cameras', [])}, got {list(cameras)}"
@@ -185,6 +192,7 @@ def generate_demos(
     steps_after_success: int = 10,
     max_attempts: int | None = None,
     append: bool = False,
+    variant: str | None = None,
 ) -> GenerateReport:
     """Record ``n_episodes`` successful scripted-expert demos of ``task`` into a store at ``out``.
 
@@ -205,12 +213,16 @@ def generate_demos(
 
     Ctrl-C stops at an episode boundary (``report.interrupted``): a new or appended store keeps
     every finished episode and stays valid; an overwrite is abandoned.
+
+    ``variant``: an expert variant of the task (``experts.VARIANTS``), whose own rule says when
+    a demo has succeeded; the store records it (``source: scripted:<task>:<variant>``).
     """
     from robopolicy.data.store import EpisodeStore
 
     task_info(task)
     if task not in EXPERTS:
         raise ValueError(f"no scripted expert for task {task!r}; experts exist for: {', '.join(EXPERTS)}")
+    check_variant(task, variant)
     cameras = validate_cameras(task, cameras)
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
@@ -234,7 +246,7 @@ def generate_demos(
         if not is_episode_store(out):
             raise ValueError(f"--append: {out} is not an episode store")
         with EpisodeStore.open(out, mode="r") as existing:
-            seed, prior_success = _append_plan(existing, task, cameras, int(image_size), seed)
+            seed, prior_success = _append_plan(existing, task, cameras, int(image_size), seed, variant)
             seed_start = int((existing.attrs.get("generation") or {}).get("seed_start", seed))
         target = out
     else:
@@ -242,7 +254,7 @@ def generate_demos(
         seed = seed or 0
         target = staging_dir(out) if out.exists() else out
 
-    job = _EpisodeJob(task, cameras, int(image_size), max_steps, noise, int(steps_after_success))
+    job = _EpisodeJob(task, cameras, int(image_size), max_steps, noise, int(steps_after_success), variant)
     report = GenerateReport(path=str(out), task=task, requested=n_episodes, seed_start=seed, next_seed=seed)
     generation = {"requested": prior_success + n_episodes, "seed_start": seed_start}
 
@@ -256,9 +268,12 @@ def generate_demos(
         store = EpisodeStore.open(target, mode="a")
     else:
         store = EpisodeStore.create(
-            target, action_spec=osc_pose_action_spec(), control_rate=20.0, source=f"scripted:{task}"
+            target,
+            action_spec=osc_pose_action_spec(),
+            control_rate=20.0,
+            source=f"scripted:{task}" + (f":{variant}" if variant else ""),
         )
-        store.set_attrs(task=task, cameras=list(cameras), expert_noise=asdict(noise))
+        store.set_attrs(task=task, cameras=list(cameras), expert_noise=asdict(noise), expert_variant=variant)
     record_progress(store)
     bar = _progress_bar(n_episodes, task, progress)
 
@@ -274,6 +289,8 @@ def generate_demos(
         with defer_interrupts():  # an episode and the attributes that count it are written whole
             if success or keep_failed:
                 meta = {"seed": s, "success": bool(success), "teleop_device": "scripted", "task": task}
+                if variant:
+                    meta["expert_variant"] = variant
                 store.add_episode(data, metadata=meta)
                 report.n_written += 1
                 report.n_steps += len(data["action"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robopolicy.envs.experts import ExpertNoise, make_expert
+from robopolicy.envs.experts import PLACE_SPOTS, ExpertNoise, make_expert
 from robopolicy.envs.robosuite_env import RobosuiteEnv
 
 
@@ -50,6 +50,32 @@ def test_noise_changes_actions(lift_env):
     assert np.all(np.abs(noisy) <= 1.0)
 
 
+def test_place4_puts_the_cube_down_on_the_spot_it_drew(lift_env):
+    """Lift/place4: each demo ends with the cube resting 12 cm from its start, on one of the four
+    spots; the episode's expert rng picks the spot, so seeds cover several outcomes."""
+    spots = []
+    for seed in range(6):
+        ex = make_expert("Lift", lift_env, np.random.default_rng(seed), noise=0.05, variant="place4")
+        obs = lift_env.reset(seed)
+        start = np.asarray(obs["object"][:3], dtype=np.float64)
+        ex.reset(obs)
+        placed = False
+        for _ in range(lift_env.max_steps):
+            obs, _, done, info = lift_env.step(ex.act(obs))
+            if ex.succeeded(info):
+                placed = True
+                break
+            if done:
+                break
+        assert placed, f"seed {seed}: the cube was not placed (phase {ex.phase})"
+        offset = np.asarray(obs["object"][:2]) - start[:2]
+        k = int(np.argmin(np.linalg.norm(PLACE_SPOTS - offset, axis=1)))
+        assert np.linalg.norm(PLACE_SPOTS[k] - offset) < 0.03 and abs(obs["object"][2] - start[2]) < 0.02
+        assert ex.phase in ("retreat", "done")  # released
+        spots.append(k)
+    assert len(set(spots)) >= 3
+
+
 def test_make_expert_errors(lift_env):
     with pytest.raises(ValueError, match="no scripted expert.*NutAssemblySquare"):
         make_expert("NutAssemblySquare", lift_env)
@@ -57,3 +83,5 @@ def test_make_expert_errors(lift_env):
         make_expert("PickPlaceCan", lift_env)
     with pytest.raises(ValueError, match="noise action"):
         ExpertNoise(action=-1.0)
+    with pytest.raises(ValueError, match="no expert variant 'place9' for task 'Lift'; its variants: \\['place4'\\]"):
+        make_expert("Lift", lift_env, variant="place9")

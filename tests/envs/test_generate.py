@@ -75,3 +75,21 @@ def test_deterministic_across_worker_counts(tmp_path):
         ea, eb = a.episode(i), b.episode(i)
         for k in ea:
             np.testing.assert_array_equal(ea[k], eb[k], err_msg=f"episode {i} {k}")
+
+
+def test_a_variant_is_recorded_and_an_append_must_match_it(tmp_path):
+    out = tmp_path / "place.zarr"
+    report = generate_demos("Lift", 2, out, noise=0.05, progress=False, variant="place4")
+    assert report.complete and report.n_success == 2
+    store = EpisodeStore.open(out)
+    assert store.source == "scripted:Lift:place4" and store.attrs["expert_variant"] == "place4"
+    assert [m["expert_variant"] for m in store.episodes_metadata] == ["place4"] * 2
+    ep = store.episode(0)
+    assert abs(ep["object"][-1, 2] - ep["object"][0, 2]) < 0.02  # put down, not held up
+    assert np.linalg.norm(ep["object"][-1, :2] - ep["object"][0, :2]) > 0.09
+    store.close()
+    with pytest.raises(ValueError, match="holds expert variant 'place4' demos, got None"):
+        generate_demos("Lift", 1, out, progress=False, append=True)
+    with pytest.raises(ValueError, match="no expert variant 'nope'"):
+        generate_demos("Lift", 1, tmp_path / "x.zarr", progress=False, variant="nope")
+    assert not (tmp_path / "x.zarr").exists()
