@@ -196,6 +196,35 @@ def cmd_success(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+DP_SUCCESS = {  # Diffusion Policy's success rows, measured for issue 7 on the same checkpoints and seeds
+    "lift": {
+        "dp_ddpm100": ("rti_lift.json", "ddpm100"),
+        "dp_ddim10": ("rti_lift.json", "ddim10"),
+        "dp_rti3": ("rti_lift_g01.json", "rti3"),
+    },
+    # RTI rows with the default gripper guess (+-0.1); rti_can.json's used +-1 (0/50)
+    "can": {
+        "dp_ddpm100": ("rti_can.json", "ddpm100"),
+        "dp_ddim10": ("rti_can.json", "ddim10"),
+        "dp_rti3": ("rti_can_g01.json", "rti3"),
+    },
+}
+
+
+def success_rows(results: Path, task: str) -> dict[str, dict[str, Any]]:
+    """This task's success rows: ``few_step_<task>.json``, with Diffusion Policy's rows taken
+    from the RTI benchmark's files where this benchmark did not run them."""
+    f = results / f"few_step_{task}.json"
+    rows = json.loads(f.read_text())["rows"] if f.is_file() else {}
+    for name, (file, key) in DP_SUCCESS.get(task, {}).items():
+        src = results / file
+        if name not in rows and src.is_file():
+            row = json.loads(src.read_text())["rows"].get(key)
+            if row is not None:
+                rows[name] = {**row, "source": file}
+    return rows
+
+
 def cmd_table(results: Path) -> str:
     """Success (95 % CI), NFE per chunk, latency p50 / p95 and parameters per task and row."""
     lines = [
@@ -204,14 +233,16 @@ def cmd_table(results: Path) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for task in ("lift", "can"):
-        succ_f, lat_f = results / f"few_step_{task}.json", results / f"few_step_{task}_latency.json"
-        succ = json.loads(succ_f.read_text())["rows"] if succ_f.is_file() else {}
+        lat_f = results / f"few_step_{task}_latency.json"
+        succ = success_rows(results, task)
         lat = json.loads(lat_f.read_text())["rows"] if lat_f.is_file() else {}
         for name in ROWS:
             s, la = succ.get(name), lat.get(name)
             if s is None and la is None:
                 continue
             cell = f"{s['successes']}/{s['episodes']} = {s['success_rate']:.0%}" if s else "not run"
+            if s and "source" in s:
+                cell += f" ({s['source']})"
             ci = f"{s['ci95'][0]:.1%} – {s['ci95'][1]:.1%}" if s else ""
             nfe = f"{la['nfe_per_chunk']:g}" if la else ""
             lat_s = f"{la['p50']:.1f} / {la['p95']:.1f}" if la else "n/a"
