@@ -17,6 +17,7 @@ COMMANDS = [
     ("quickstart", "robopolicy.quickstart"),
     ("bench", "robopolicy.inference.bench"),
     ("import-checkpoint", "robopolicy.checkpoints.cli"),
+    ("run", "robopolicy.control.cli"),
 ]
 
 

@@ -230,6 +230,22 @@ class SafetyFilter:
         self.last_action = safe
         return safe.copy(), events
 
+    def hold(
+        self, reading: Reading | Mapping[str, Any], now: float | None = None
+    ) -> tuple[np.ndarray, list[SafetyEvent]]:
+        """The hold action sent on purpose (the controller has no action for this tick): the fault
+        guards run and are counted as in :meth:`filter` (their events returned), no clamp applies
+        (stopping is always allowed), and the hold action becomes the last sent action."""
+        if self.watchdogs and now is None:
+            raise ValueError("safety filter: pass now= (monotonic seconds) to check its watchdogs")
+        safe = self.hold_action()
+        events = self._faults(safe, reading.obs if isinstance(reading, Reading) else reading, now)
+        self.counters["hold"] += 1
+        for kind in {e.kind for e in events}:
+            self.counters[kind] += 1
+        self.last_action = safe
+        return safe.copy(), events
+
     def _faults(self, a: np.ndarray, obs: Mapping[str, Any], now: float | None) -> list[SafetyEvent]:
         events = []
         if self.estop_reason is not None:
