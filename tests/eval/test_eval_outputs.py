@@ -17,10 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "train"))
 from policy_fixture import make_store, tiny_config  # noqa: E402
 
-PRELUDE = (
-    "import sys; sys.path.insert(0, 'tests/train'); import policy_fixture; "
-    "from robopolicy.cli import main; sys.exit(main(sys.argv[1:]))"
-)
+from tests.cli_subprocess import cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +32,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 def eval_cli(run: Path, out: Path, suite: Path) -> subprocess.Popen:
     argv = ["eval", "--checkpoint", str(run), "--suite", str(suite), "--out", str(out), "--workers", "1"]
-    return subprocess.Popen(
-        [sys.executable, "-c", PRELUDE, *argv, "--videos", "1", "--no-progress"],
-        cwd=REPO,
-        env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return cli(*argv, "--videos", "1", "--no-progress", with_test_policies=True)
 
 
 def test_a_new_report_replaces_the_old_one_only_when_complete(run_dir, tmp_path):
@@ -59,7 +48,12 @@ def test_a_new_report_replaces_the_old_one_only_when_complete(run_dir, tmp_path)
         assert p.poll() is None and time.monotonic() - t0 < 180, p.communicate()
         time.sleep(0.2)
     os.killpg(p.pid, signal.SIGINT)
-    _, err = p.communicate(timeout=120)
+    try:
+        _, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # a hang: every thread's stack (faulthandler on SIGABRT) into the failure
+        os.killpg(p.pid, signal.SIGABRT)
+        _, err = p.communicate(timeout=30)
+        raise AssertionError(f"eval did not exit within 120 s of Ctrl-C:\n{err[-20000:]}") from None
     assert p.returncode == 130, err
     assert json.loads((out / "report.json").read_text()) == {"old": True} and staged() == []
 
