@@ -54,6 +54,7 @@ import torch
 from robopolicy.diffusion.samplers import Generators, SamplerMethod, randn_rows
 from robopolicy.diffusion.view import DenoiserView
 from robopolicy.inference.engine import Backend, cpu_threads
+from robopolicy.inference.memory import EnvMemory
 from robopolicy.inference.output import PolicyOutput
 
 
@@ -309,7 +310,7 @@ class RTC:
         self.execute_horizon = pc.n_action_steps if config.execute_horizon is None else config.execute_horizon
         self.x0_clip = getattr(policy, "x0_clip", None)
         self.final_clip = bool(getattr(pc, "clip_sample", False))  # BESO clamps its result, DP each x0
-        self._prev: dict[int, torch.Tensor] = {}  # env id -> (H, Da) env-unit chunk
+        self._prev = EnvMemory()  # env id -> (H, Da) env-unit chunk
 
     @property
     def config_dict(self) -> dict[str, Any]:
@@ -322,12 +323,7 @@ class RTC:
 
     def reset(self, env_ids: Sequence[int] | None = None) -> None:
         """Forget the previous chunks of ``env_ids`` (all if None); also resets the wrapped policy."""
-        if env_ids is None:
-            self._prev.clear()
-        else:
-            for e in env_ids:
-                self._prev.pop(int(e), None)
-        self.policy.reset(env_ids)
+        self._prev.reset(self.policy, env_ids)
 
     @property
     def observes_every_step(self) -> bool:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from robopolicy.diffusion.samplers import SamplerMethod, randn_rows, sample_chunk
+from robopolicy.inference.memory import EnvMemory
 from robopolicy.inference.output import PolicyOutput
 
 
@@ -113,7 +114,7 @@ class RTI:
         self.sigma_start = self._sigma_start()
         scale = float(getattr(pc, "discrete_action_scale", 1.0))
         self.gripper_value = float(config.gripper_value if config.gripper_value is not None else min(0.1, scale))
-        self._guess: dict[int, torch.Tensor] = {}  # env id -> (*action_shape) normalized chunk
+        self._guess = EnvMemory()  # env id -> (*action_shape) normalized chunk
 
     def _sigma_start(self) -> float:
         c, view = self.config, self.view
@@ -140,12 +141,7 @@ class RTI:
 
     def reset(self, env_ids: Sequence[int] | None = None) -> None:
         """Forget the warm starts of ``env_ids`` (all if None); also resets the wrapped policy."""
-        if env_ids is None:
-            self._guess.clear()
-        else:
-            for e in env_ids:
-                self._guess.pop(int(e), None)
-        self.policy.reset(env_ids)
+        self._guess.reset(self.policy, env_ids)
 
     def shifted_guess(self, prev: torch.Tensor) -> torch.Tensor:
         """The previous chunk (H, Da) advanced by ``shift`` actions, end padded, grippers treated."""
