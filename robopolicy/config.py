@@ -228,6 +228,17 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
         raise ValueError(f"{where}: {e}") from None
 
 
+def key_values(items: list[str], flag: str) -> dict[str, Any]:
+    """``["k=v", ...]`` from a repeatable CLI flag -> ``{k: parsed YAML v}``; ``flag`` names it in errors."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``a.b.c=value`` -> ("a.b.c", parsed YAML value)."""
     if "=" not in text:

@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from robopolicy.config import key_values
 from robopolicy.control.scheduler import MergeStrategy
 
 RUN_ROOT = Path("runs/control")
@@ -141,16 +140,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _key_values(items: list[str], flag: str) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{flag} takes KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 def _check_args(args: argparse.Namespace) -> Path:
     """Everything that can be refused before a checkpoint is loaded or a simulator built; the out dir."""
     from robopolicy.control.drivers import driver_class
@@ -234,7 +223,7 @@ def _driver(args: argparse.Namespace, policy: Any) -> Any:
         elif "state" in shapes:
             kwargs["object_dim"] = int(shapes["state"][0]) - 9  # eef_pos 3 + eef_quat 4 + gripper_qpos 2
         kwargs["seed"] = args.seed
-    kwargs.update(_key_values(args.driver_option, "--driver-option"))
+    kwargs.update(key_values(args.driver_option, "--driver-option"))
     return make_driver(args.driver, **kwargs)
 
 
@@ -244,7 +233,7 @@ def _run(args: argparse.Namespace) -> int:
     out = _check_args(args)
     options = {"sampler": args.sampler, "num_inference_steps": args.num_inference_steps}
     options = {k: v for k, v in options.items() if v is not None}
-    options.update(_key_values(args.policy_option, "--policy-option"))
+    options.update(key_values(args.policy_option, "--policy-option"))
     ckpt, policy = _load_policy(args)
     actor = _actor(args, policy, options)
     driver = _driver(args, policy)

@@ -12,8 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from robopolicy.config import key_values
 from robopolicy.eval.runner import evaluate
 from robopolicy.inference.options import InferenceOptions
 from robopolicy.inference.rti import RTIConfig
@@ -193,11 +192,7 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
     )
     policy = {"sampler": args.sampler, "num_inference_steps": args.num_inference_steps}
     policy = {k: v for k, v in policy.items() if v is not None}  # only what was asked for
-    for item in getattr(args, "policy_option", None) or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--policy-option takes KEY=VALUE, got {item!r}")
-        policy[key.strip()] = yaml.safe_load(value)
+    policy.update(key_values(getattr(args, "policy_option", None) or [], "--policy-option"))
     return InferenceOptions(method=args.inference, policy=policy, rti=rti, n_action_steps=args.n_action_steps)
 
 
