@@ -2,6 +2,7 @@
 
     robopolicy run --checkpoint runs/lift --driver robosuite --task Lift --hz 20 \\
         [--strategy rtc] [--inject-latency-ms 200] [--ticks 400] [--seed 0] [--out DIR] [--video]
+        [--priority auto] [--simulated-time] [--rtc-mode auto]
 
 Writes to ``--out``: ``telemetry.jsonl`` (every tick, chunk, event and fault, flushed line by
 line), ``summary.json``, ``telemetry.png`` and, with ``--video`` on robosuite, ``video.mp4``.
@@ -97,6 +98,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--first-chunk-timeout-s", type=float, default=10.0, help="the first chunk must come within this (default 10)"
     )
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up prediction before the loop")
+    p.add_argument(
+        "--priority",
+        choices=("auto", "fifo", "nice", "none"),
+        default="auto",
+        help="scheduling priority of the loop: fifo (SCHED_FIFO loop thread, inference thread nice -10), nice "
+        "(both nice -10), auto (the first the OS permits; needs CAP_SYS_NICE, e.g. root), none (default auto)",
+    )
+    p.add_argument(
+        "--simulated-time",
+        action="store_true",
+        help="run on a simulated clock (robosuite or mock): inference inline, each chunk ready exactly "
+        "--inject-latency-ms later, whatever the machine's load (reproducible sweeps, faster than real time)",
+    )
+    p.add_argument(
+        "--rtc-mode",
+        choices=("auto", "guided", "trained"),
+        default="auto",
+        help="rtc: guided inpainting, or the prefix given to a policy trained with it (train_max_delay); "
+        "auto: trained when the policy was (default auto)",
+    )
     p.add_argument(
         "--profile", default="robosuite_panda", help="hardware profile in hardware/ (default robosuite_panda)"
     )
@@ -199,15 +220,17 @@ def _actor(args: argparse.Namespace, policy: Any, options: dict[str, Any]) -> An
         method=args.strategy,
         policy=options,
         rti=RTIConfig(steps=args.rti_steps, start_t=args.rti_start_t, sigma_start=args.rti_sigma_start),
-        rtc=RTCConfig(schedule=args.rtc_schedule, max_guidance=args.rtc_max_guidance),
+        rtc=RTCConfig(schedule=args.rtc_schedule, max_guidance=args.rtc_max_guidance, mode=args.rtc_mode),
     ).build(policy)
 
 
-def _driver(args: argparse.Namespace, policy: Any) -> Any:
+def _driver(args: argparse.Namespace, policy: Any, clock: Any = None) -> Any:
     from robopolicy.control.drivers import make_driver
     from robopolicy.types import IMAGE_PREFIX
 
     kwargs: dict[str, Any] = {"profile": args.profile}
+    if clock is not None:
+        kwargs.update(clock=clock.now, sleep=clock.sleep)
     fields = policy.config.obs_spec.fields
     if args.driver == "robosuite":
         images = [f for f in fields if f.key.startswith(IMAGE_PREFIX)]
@@ -228,15 +251,16 @@ def _driver(args: argparse.Namespace, policy: Any) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from robopolicy.control.controller import Controller, ControllerConfig
+    from robopolicy.control.controller import Controller, ControllerConfig, SimulatedClock
 
     out = _check_args(args)
+    sim = SimulatedClock() if args.simulated_time else None
     options = {"sampler": args.sampler, "num_inference_steps": args.num_inference_steps}
     options = {k: v for k, v in options.items() if v is not None}
     options.update(key_values(args.policy_option, "--policy-option"))
     ckpt, policy = _load_policy(args)
     actor = _actor(args, policy, options)
-    driver = _driver(args, policy)
+    driver = _driver(args, policy, sim)
     ms = lambda v: None if v is None else v / 1e3  # noqa: E731
     config = ControllerConfig(
         hz=args.hz,
@@ -249,6 +273,8 @@ def _run(args: argparse.Namespace) -> int:
         first_chunk_timeout_s=args.first_chunk_timeout_s,
         warmup=not args.no_warmup,
         seed=args.seed,
+        priority=args.priority,
+        simulated_time=args.simulated_time,
     )
     frames: list = []
 
@@ -263,6 +289,7 @@ def _run(args: argparse.Namespace) -> int:
         telemetry_path=out / "telemetry.jsonl",
         meta={"checkpoint": str(ckpt), "task": args.task if args.driver == "robosuite" else None, "command": "run"},
         after_tick=record_frame if args.video else None,
+        **({} if sim is None else {"clock": sim.now, "sleep": sim.sleep}),
     )
     out.mkdir(parents=True, exist_ok=True)
     if args.video:  # build the sim and its render context (a second or more) before the clock starts

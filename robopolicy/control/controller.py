@@ -29,6 +29,26 @@ the tick it started in): the conservative estimate of RTC's reference code and l
 ready, so with an on-time loop its actual delay is exactly ``ceil(r / period)``; the telemetry
 records both and counts underestimates.
 
+Scheduling priority (``priority``). Under load a tick is late when the OS gives the core to
+another process as the tick is due, or when the inference thread holds the GIL and is itself
+preempted. ``fifo`` runs the loop's thread ``SCHED_FIFO`` (``fifo_priority``) and the inference
+thread at ``nice -10``: the loop wakes ahead of every normal process, and the GIL holder it may
+wait for is rarely preempted. ``nice`` gives both threads ``nice -10``. ``auto`` takes the first
+the OS permits (both need CAP_SYS_NICE, e.g. root or ``setcap``; ``none`` otherwise). The
+garbage collector's existing objects are frozen (``gc.freeze``) so a collection during the run
+walks only new ones. What was obtained is in the telemetry (``priority`` event) and everything
+is restored at the end of the run.
+
+Simulated time (``simulated_time=True``, for sweeps). The loop runs on a
+:class:`SimulatedClock` shared with the driver (robosuite with ``realtime=False`` or the mock
+arm, both built with ``clock=sim.now, sleep=sim.sleep``): only the loop's sleeps move it, so the
+simulated world waits while Python works. Inference runs inline in the loop's thread when a
+request is made (its real compute time is recorded, not spent on the clock), and its chunk is
+ready ``inject_latency_ms`` later on the simulated clock: the delay is exactly
+``ceil(latency / period)`` ticks whatever the machine's load (0 ms: ready within the tick it was
+asked for, as in synchronous evaluation). Scheduler, safety filter, watchdogs and telemetry are
+the same code as in wall-clock runs; a latency sweep is reproducible and faster than real time.
+
 Precise sleep (:func:`sleep_until`). ``time.sleep`` until ``spin_s`` before the deadline, then
 a busy loop on the clock (no yield: yielding hands the GIL to the inference thread, which may
 then keep it for a whole switch interval). A tick that starts a period or more late is not
@@ -61,7 +81,9 @@ controller_error    a bug in the loop itself (held, recorded, then re-raised)
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
+import os
 import queue
 import sys
 import threading
@@ -119,6 +141,62 @@ def sleep_until(
         # else: spin
 
 
+PRIORITIES = ("auto", "fifo", "nice", "none")
+NICE = -10
+"""The niceness of the inference thread (``fifo``) or of both threads (``nice``)."""
+
+
+def _set_nice(tid: int, value: int) -> bool:
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, value)
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+def raise_loop_priority(mode: str, fifo_priority: int) -> tuple[str, Callable[[], None]]:
+    """Raise the calling thread's priority per ``mode`` (module docstring): ``(what was
+    obtained, a function that restores the thread)``. Never raises for lack of permission."""
+    tid = threading.get_native_id()
+    try:
+        old_policy, old_param = os.sched_getscheduler(0), os.sched_getparam(0)
+        old_nice = os.getpriority(os.PRIO_PROCESS, tid)
+    except (OSError, AttributeError):  # not Linux: nothing to raise or restore
+        return "none (not supported here)", lambda: None
+
+    def restore() -> None:
+        try:
+            os.sched_setscheduler(0, old_policy, old_param)
+        except OSError:
+            pass
+        _set_nice(tid, old_nice)
+
+    if mode in ("auto", "fifo"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(fifo_priority)))
+            return f"fifo {int(fifo_priority)}", restore
+        except (OSError, AttributeError):
+            if mode == "fifo":
+                return "none (SCHED_FIFO not permitted)", restore
+    if mode in ("auto", "nice") and _set_nice(tid, NICE):
+        return f"nice {NICE}", restore
+    return "none" if mode == "none" else f"none ({mode} not permitted)", restore
+
+
+class SimulatedClock:
+    """A clock that only :meth:`sleep` moves (seconds from 0); see "Simulated time" above."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.t = float(start)
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self.t += float(seconds)
+
+
 @dataclasses.dataclass(frozen=True)
 class ControllerConfig:
     """How the loop runs (module docstring)."""
@@ -159,8 +237,20 @@ class ControllerConfig:
     """End the run when an episodic driver reports success."""
     seed: int | None = 0
     """Episode seed (an episodic driver is reset with it; None: not reset) and the policy's noise."""
+    simulated_time: bool = False
+    """Run on a :class:`SimulatedClock` (passed as ``clock`` / ``sleep``, shared with the driver),
+    inference inline, each chunk ready ``inject_latency_ms`` after its request on that clock."""
+    priority: str = "none"
+    """``auto``, ``fifo``, ``nice`` or ``none``: the loop's (and inference thread's) scheduling
+    priority during the run (module docstring; ``robopolicy run`` uses ``auto``)."""
+    fifo_priority: int = 50
+    """The loop thread's SCHED_FIFO priority (1-99) with ``fifo``."""
 
     def __post_init__(self) -> None:
+        if self.priority not in PRIORITIES:
+            raise ValueError(f"unknown priority {self.priority!r}; choose from {list(PRIORITIES)}")
+        if not 1 <= int(self.fifo_priority) <= 99:
+            raise ValueError(f"fifo_priority must be in [1, 99], got {self.fifo_priority}")
         try:
             object.__setattr__(self, "strategy", MergeStrategy(self.strategy))
         except ValueError:
@@ -224,6 +314,40 @@ class _Result:
     traceback: str | None = None
 
 
+class _InlineInference:
+    """Simulated time: the prediction runs at submit (the simulated clock stands still), and its
+    result is handed out once the clock reaches the request's tick plus the injected latency."""
+
+    synchronous = True
+
+    def __init__(self, runner: _InferenceThread, inject_s: float, clock: Callable[[], float]) -> None:
+        self.runner, self.inject_s, self.clock = runner, inject_s, clock
+        self.busy = False
+        self._pending: _Result | None = None
+
+    def start(self) -> None:
+        pass
+
+    def submit(self, job: _Job) -> None:
+        self.busy = True
+        t = time.perf_counter()
+        res = self.runner.run(job, inject=False)
+        res.inference_s = time.perf_counter() - t
+        res.injected_s = self.inject_s if res.error is None else 0.0
+        res.t_ready = job.t_sched + (self.inject_s if res.error is None else 0.0)
+        self._pending = res
+
+    def poll(self) -> _Result | None:
+        res = self._pending
+        if res is None or self.clock() < res.t_ready - 1e-9:
+            return None
+        self._pending, self.busy = None, False
+        return res
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        return True
+
+
 class _InferenceThread:
     """One daemon thread that runs the actor's predictions, one job at a time; the loop polls it."""
 
@@ -237,6 +361,10 @@ class _InferenceThread:
     ) -> None:
         self.actor, self.options, self.generator, self.inject_s, self.clock = actor, options, generator, inject_s, clock
         self.is_rtc = isinstance(actor, RTC)
+        self.synchronous = False
+        self.nice: int | None = None
+        """Niceness the thread sets itself at start (None: leave it)."""
+        self.niced = False
         self.busy = False
         """A job was submitted and its result not polled yet (touched by the loop only)."""
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
@@ -269,13 +397,15 @@ class _InferenceThread:
         return not self._thread.is_alive()
 
     def _main(self) -> None:
+        if self.nice is not None:
+            self.niced = _set_nice(threading.get_native_id(), self.nice)
         while True:
             job = self._jobs.get()
             if job is None or self._stop.is_set():
                 return
             self._results.put(self.run(job))
 
-    def run(self, job: _Job) -> _Result:
+    def run(self, job: _Job, inject: bool = True) -> _Result:
         t0 = self.clock()
         try:
             for frame in job.frames:
@@ -291,7 +421,7 @@ class _InferenceThread:
             chunk = out.actions[0].detach().float().cpu().numpy()
             info = {k: _row0(out.info.get(k)) for k in ("nfe", "energy", "value")}
             t1 = self.clock()
-            if self.inject_s > 0:
+            if inject and self.inject_s > 0:
                 self._stop.wait(self.inject_s)
             t_ready = self.clock()
             return _Result(job, chunk, info, t_ready - t0, t_ready - t1, t_ready)
@@ -419,6 +549,11 @@ class Controller:
         self.telemetry_path = None if telemetry_path is None else Path(telemetry_path)
         self.meta = dict(meta or {})
         self.after_tick = after_tick
+        if config.simulated_time and clock is time.monotonic:
+            raise ValueError(
+                "simulated_time needs a SimulatedClock shared with the driver: "
+                "Controller(..., clock=sim.now, sleep=sim.sleep) and the driver built with the same clock"
+            )
         self._clock, self._sleep = clock, sleep
         self._stop_request = threading.Event()
         self._estop_reason: str | None = None
@@ -441,11 +576,14 @@ class Controller:
         connected_here = not driver.connected
         self._setup_episode()
         self.telemetry = tel = Telemetry(self.telemetry_path, self._meta())
+        got, restore_priority = "none", None
         old_switch = sys.getswitchinterval()
         if cfg.switch_interval_s is not None:
             sys.setswitchinterval(cfg.switch_interval_s)
         gen = torch.Generator(device=self.policy.device).manual_seed(int(cfg.seed or 0))
-        self._worker = _InferenceThread(self.actor, self.options, gen, cfg.inject_latency_ms / 1e3, self._clock)
+        self._worker: Any = _InferenceThread(self.actor, self.options, gen, cfg.inject_latency_ms / 1e3, self._clock)
+        if cfg.simulated_time:
+            self._worker = _InlineInference(self._worker, cfg.inject_latency_ms / 1e3, self._clock)
         self._t0 = self._clock()
         end, tick = None, 0
         try:
@@ -455,13 +593,21 @@ class Controller:
                 driver.reset(cfg.seed)
             if cfg.warmup:
                 end = self._warmup()
+            if not cfg.simulated_time and cfg.priority != "none":
+                got, restore_priority = raise_loop_priority(cfg.priority, cfg.fifo_priority)
+                if not got.startswith("none") and isinstance(self._worker, _InferenceThread):
+                    self._worker.nice = NICE
+            gc.collect()
+            gc.freeze()
             self._worker.start()
             period = cfg.period_s
             self._t0 = t0 = self._clock()
-            tel.event("start", t0_monotonic=t0)
+            tel.event("priority", requested=cfg.priority, loop=got, inference_nice=self._worker_nice())
+            tel.event("start", t0_monotonic=t0, simulated_time=cfg.simulated_time)
+            spin_s = 0.0 if cfg.simulated_time else cfg.spin_s
             while end is None:
                 sched = t0 + tick * period
-                start = sleep_until(sched, clock=self._clock, sleep=self._sleep, spin_s=cfg.spin_s)
+                start = sleep_until(sched, clock=self._clock, sleep=self._sleep, spin_s=spin_s)
                 skipped = 0
                 if start - sched >= period:  # more than a period late: skip to the current tick
                     now_tick = int((start - t0) // period)
@@ -476,8 +622,15 @@ class Controller:
             self._fault("controller_error", f"{type(e).__name__}: {e}", tick, self._clock(), None)
             raise
         finally:
+            gc.unfreeze()
+            if restore_priority is not None:
+                restore_priority()
             self._finish(end or "error", connected_here, old_switch)
         return self.result
+
+    def _worker_nice(self) -> int | None:
+        w = self._worker
+        return w.nice if isinstance(w, _InferenceThread) else None
 
     def _setup_episode(self) -> None:
         self.scheduler.reset()
@@ -570,16 +723,9 @@ class Controller:
         rec.seq, rec.obs_age_ms = reading.seq, (now - reading.t) * 1e3
         self._observe(reading, now)
         # 2. a finished chunk
-        res = self._worker.poll()
-        if res is not None:
-            if res.error is not None:
-                tel.event("inference_traceback", tick=tick, traceback=res.traceback)
-                return self._fault("inference_error", res.error, tick, res.t_ready, rec)
-            if not np.isfinite(res.chunk).all():  # type: ignore[arg-type]
-                bad = int((~np.isfinite(res.chunk)).sum())  # type: ignore[arg-type]
-                msg = f"the chunk from tick {res.job.request.obs_tick} has {bad} non-finite values; refused"
-                return self._fault("nan_action", msg, tick, res.t_ready, rec)
-            self._merge(res, tick, now)
+        end = self._pick_up(tick, now, rec)
+        if end is not None:
+            return end
         if self._fresh == 0 and now - self._t0 > self.config.first_chunk_timeout_s:
             t_fault = self._t0 + self.config.first_chunk_timeout_s
             msg = (
@@ -591,6 +737,10 @@ class Controller:
         # 3. the next request, on the newest history
         if not self._worker.busy and (self._last_request is None or tick - self._last_request >= self.n_action_steps):
             self._request(tick, sched)
+            if self._worker.synchronous:  # simulated time: a chunk ready within this tick is used in it
+                end = self._pick_up(tick, self._clock(), rec)
+                if end is not None:
+                    return end
         # 4. this tick's action, through the safety filter, to the driver
         action = self.scheduler.next_action(tick)
         rec.queued = self.scheduler.remaining(tick + 1)
@@ -629,6 +779,21 @@ class Controller:
                 return "done"
         if self.config.max_ticks is not None and tick + 1 >= self.config.max_ticks:
             return "max_ticks"
+        return None
+
+    def _pick_up(self, tick: int, now: float, rec: TickRecord) -> str | None:
+        """Merge a finished chunk, if there is one; a fault if it failed or is not finite."""
+        res = self._worker.poll()
+        if res is None:
+            return None
+        if res.error is not None:
+            self.telemetry.event("inference_traceback", tick=tick, traceback=res.traceback)  # type: ignore[union-attr]
+            return self._fault("inference_error", res.error, tick, res.t_ready, rec)
+        if not np.isfinite(res.chunk).all():  # type: ignore[arg-type]
+            bad = int((~np.isfinite(res.chunk)).sum())  # type: ignore[arg-type]
+            msg = f"the chunk from tick {res.job.request.obs_tick} has {bad} non-finite values; refused"
+            return self._fault("nan_action", msg, tick, res.t_ready, rec)
+        self._merge(res, tick, now)
         return None
 
     def _observe(self, reading: Reading, now: float) -> None:
@@ -743,4 +908,13 @@ class Controller:
                 driver.disconnect()
 
 
-__all__ = ["Controller", "ControllerConfig", "RunResult", "check_compatible", "resolve_actor", "sleep_until"]
+__all__ = [
+    "Controller",
+    "ControllerConfig",
+    "RunResult",
+    "SimulatedClock",
+    "check_compatible",
+    "raise_loop_priority",
+    "resolve_actor",
+    "sleep_until",
+]

@@ -13,7 +13,9 @@ A variance-preserving (DDPM) model with ``x_vp = sqrt(a) x0 + sqrt(1-a) eps`` ma
   control step, reused across denoising steps and samples (``repeat_cond`` for N samples).
 * ``denoise(x, sigma, cond) -> x0_hat`` of x's shape; ``sigma`` a float or a (B,) tensor. A sigma
   outside ``[sigma_min, sigma_max]`` is refused (``ValueError``) unless the view was built with
-  ``out_of_range="clamp"``, which clamps it explicitly.
+  ``out_of_range="clamp"``, which clamps it explicitly. A view with ``token_sigma`` True (a model
+  trained with per-token noise levels: training-time action conditioning) also takes a (B, H)
+  sigma, one per position of the chunk's first axis; the others refuse it.
 * ``sigmas(n, sigma_start=None) -> (n + 1,)`` descending float64, last entry 0: the model's own
   n-step schedule, or n steps from ``sigma_start`` down (warm starts).
 * ``noise_to_x(noise, sigma)``: standard normal noise -> the model's prior at ``sigma``.
@@ -101,6 +103,7 @@ class _ViewBase:
         self.to_action_fn, self.from_action_fn, self.snap_fn = to_action_fn, from_action_fn, snap_fn
         self.action_shape = tuple(action_shape)
         self.out_of_range = out_of_range
+        self.token_sigma = False
         self._scalar_cache: dict[float, tuple[float, ...]] = {}  # sigma -> float32 scalars
 
     def encode(self, obs: Mapping[str, Any]) -> Any:
@@ -163,8 +166,10 @@ class VPDenoiserView(_ViewBase):
         from_action_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         snap_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         out_of_range: str = "error",
+        token_sigma: bool = False,
     ) -> None:
         super().__init__(model_fn, encode_fn, to_action_fn, action_shape, from_action_fn, snap_fn, out_of_range)
+        self.token_sigma = bool(token_sigma)
         self.schedule = schedule
         self.prediction_type = PredictionType(schedule.prediction_type)
         ac = make_ddim(schedule).alphas_cumprod.double()  # the training schedule, read once
@@ -192,6 +197,8 @@ class VPDenoiserView(_ViewBase):
             if self.prediction_type is PredictionType.SAMPLE:
                 return out
             return x_vp * c_in - s_c_in * out
+        if torch.is_tensor(sigma) and sigma.ndim == 2:
+            return self._denoise_tokens(x, sigma, cond)
         sig = self.check_sigma(batch_sigma(sigma, x))
         t = self.sigma_to_t(sig).to(x.dtype)
         c_in = per_row((1 + sig**2).rsqrt(), x)  # = sqrt(alpha_bar)
@@ -203,6 +210,28 @@ class VPDenoiserView(_ViewBase):
         if self.prediction_type is PredictionType.SAMPLE:
             return out
         return x_vp * c_in - (s * c_in) * out  # v: x0 = sqrt(a) x_vp - sqrt(1-a) v
+
+    def _denoise_tokens(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
+        """``denoise`` with one sigma per chunk position (B, H): the network gets (B, H) timesteps."""
+        if not self.token_sigma:
+            raise ValueError(
+                "per-position sigmas (B, H) need a model trained with per-token noise levels "
+                "(Diffusion Policy: train_max_delay > 0 with backbone.token_time)"
+            )
+        if tuple(sigma.shape) != tuple(x.shape[:2]):
+            raise ValueError(f"per-position sigmas must have shape {tuple(x.shape[:2])}, got {tuple(sigma.shape)}")
+        sig = self.check_sigma(sigma.to(device=x.device, dtype=torch.float64))
+        t = self.sigma_to_t(sig.reshape(-1)).reshape(sig.shape).to(x.dtype)
+        tail = (1,) * (x.ndim - 2)
+        c_in = (1 + sig**2).rsqrt().to(x.dtype).reshape(*sig.shape, *tail)
+        s = sig.to(x.dtype).reshape(*sig.shape, *tail)
+        x_vp = x * c_in
+        out = self.model_fn(x_vp, t, cond)
+        if self.prediction_type is PredictionType.EPSILON:
+            return x - s * out
+        if self.prediction_type is PredictionType.SAMPLE:
+            return out
+        return x_vp * c_in - (s * c_in) * out
 
     def sigmas(self, n: int, sigma_start: float | None = None) -> torch.Tensor:
         """(n + 1,) float64 descending, last entry 0.

@@ -35,7 +35,19 @@ Unclipped this is PiGDM's ``x0 + (1 + sigma^2) g``; ``beta`` caps it at high noi
 the DDIM step with ``x0_g`` in both places.
 
 With all-zero weights no backward pass runs and the result equals plain sampling bit for bit
-(same noise, same sampler). Guidance needs the network's gradient: :class:`RTC` switches a
+(same noise, same sampler).
+
+Trained mode (training-time action conditioning, Black, Ren, Equi, Levine, arXiv 2512.05964):
+a policy trained with the executed prefix given clean (Diffusion Policy's ``train_max_delay``;
+its view takes per-position sigmas, ``view.token_sigma``) is not guided. :func:`sample_prefix`
+writes the frozen prefix into the chunk at every step, at the view's ``sigma_min`` (timestep 0,
+as in training), and denoises the rest: one forward pass per step, no backward pass, and only
+the frozen positions matter (the soft mask's decaying tail has no counterpart).
+``RTCConfig.mode``: ``auto`` (default) picks ``trained`` for such a policy and ``guided`` otherwise.
+
+Zero delay. A row with ``d = 0`` (nothing executes while inference runs) is sampled plainly
+by the policy in both modes: the paper's soft mask would still pull the overlap toward the
+previous chunk at ``d = 0``; here zero delay means exactly the policy's own chunk. Guidance needs the network's gradient: :class:`RTC` switches a
 policy whose inference engine cannot differentiate (ONNX, compiled, ``auto`` on a CPU) to the
 eager engine; :func:`sample_rtc` refuses a view whose ``denoise`` has no autograd history.
 """
@@ -69,6 +81,17 @@ class PrefixSchedule(str, enum.Enum):
     """1 on the whole overlap ``[0, H - s)``."""
     ZEROS = "zeros"
     """1 on the frozen prefix only ("hard masking", the paper's ablation)."""
+
+
+class RTCMode(str, enum.Enum):
+    """How the frozen prefix shapes the new chunk."""
+
+    AUTO = "auto"
+    """``trained`` for a policy trained with the prefix given (its view takes per-position sigmas), else ``guided``."""
+    GUIDED = "guided"
+    """Inference-time inpainting: the soft-masked guidance of the paper (one backward pass per step)."""
+    TRAINED = "trained"
+    """Training-time action conditioning: the frozen prefix is given clean at every step."""
 
 
 GUIDED_METHODS = (SamplerMethod.DDIM, SamplerMethod.DPM_SOLVER_1, SamplerMethod.EULER)
@@ -188,6 +211,67 @@ def sample_rtc(
     return x
 
 
+def sample_prefix(
+    view: DenoiserView,
+    cond: Any,
+    prefix: torch.Tensor,
+    frozen: torch.Tensor,
+    *,
+    steps: int = 10,
+    method: SamplerMethod | str = SamplerMethod.DDIM,
+    noise: torch.Tensor | None = None,
+    generator: Generators = None,
+    sigmas: torch.Tensor | None = None,
+    x0_clip: float | None = None,
+) -> torch.Tensor:
+    """A chunk (B, *view.action_shape) in the view's normalized coordinate whose ``frozen``
+    positions (B, H) bool are ``prefix`` (B, H, ...), the rest denoised given them.
+
+    Training-time action conditioning's sampler: at every step the frozen positions hold the
+    prefix at noise level ``view.sigma_min`` (the clean level the model was trained with) and
+    the rest ``sigma``; the view gets the (B, H) sigmas (``view.token_sigma`` must be True). The
+    steps are :func:`sample_rtc`'s (DDIM / first-order DPM-Solver or Euler), without guidance.
+    """
+    try:
+        method = SamplerMethod(method)
+    except ValueError:
+        method = None
+    if method not in GUIDED_METHODS:
+        raise ValueError(f"prefix sampling steps with one of {[m.value for m in GUIDED_METHODS]}, got {method!r}")
+    if not getattr(view, "token_sigma", False):
+        raise ValueError(
+            "prefix sampling (RTC mode 'trained') needs a model trained with the prefix given "
+            "(Diffusion Policy: train_max_delay > 0); use RTC mode 'guided' for this policy"
+        )
+    sig = view.sigmas(steps) if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64)
+    if sig.ndim != 1 or len(sig) < 2 or bool((sig[1:] > sig[:-1]).any()) or float(sig[-2]) <= 0:
+        raise ValueError("sigmas must be a descending 1-D schedule with only the last entry allowed to be 0")
+    shape = tuple(view.action_shape)
+    if prefix.ndim != 1 + len(shape) or tuple(prefix.shape[1:]) != shape:
+        raise ValueError(f"prefix must have shape (B, {', '.join(map(str, shape))}), got {tuple(prefix.shape)}")
+    b = prefix.shape[0]
+    if tuple(frozen.shape) != (b, shape[0]) or frozen.dtype != torch.bool:
+        raise ValueError(f"frozen must be a bool tensor of shape {(b, shape[0])}, got {tuple(frozen.shape)}")
+    if noise is None:
+        noise = randn_rows((b, *shape), generator, prefix.device)
+    elif tuple(noise.shape) != (b, *shape):
+        raise ValueError(f"noise must have shape {(b, *shape)}, got {tuple(noise.shape)}")
+    prefix = prefix.to(device=noise.device, dtype=noise.dtype)
+    frozen = frozen.to(noise.device)
+    m = frozen.reshape(b, shape[0], *([1] * (len(shape) - 1)))
+    s = [float(v) for v in sig]
+    x = torch.where(m, prefix, view.noise_to_x(noise, s[0]))
+    for sigma, sigma_next in zip(s[:-1], s[1:]):
+        tok = torch.where(frozen, view.sigma_min, sigma).to(torch.float64)
+        x0 = torch.where(m, prefix, view.denoise(x, tok, cond))
+        if method is SamplerMethod.EULER:
+            x = x + (sigma_next - sigma) * ((x - _clip(x0, x0_clip)) / sigma)
+        else:
+            x = _clip(x0, x0_clip) + (sigma_next / sigma) * (x - x0)
+        x = torch.where(m, prefix, x)
+    return x
+
+
 def _row_weights(weights: torch.Tensor, b: int, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     """(H,) or (B, H) weights -> (B, H, 1, ...) broadcastable against the chunk."""
     w = torch.as_tensor(weights).to(device=like.device, dtype=like.dtype)
@@ -255,9 +339,16 @@ class RTCConfig:
     """Inference delay d in control ticks when a call does not give one (the synchronous runner: 0)."""
     execute_horizon: int | None = None
     """Actions executed between two chunks' observations when a call does not say (default: Ta)."""
+    mode: RTCMode = RTCMode.AUTO
+    """``guided`` (inference-time inpainting), ``trained`` (the prefix given to a policy trained
+    with it) or ``auto`` (trained when the policy was, else guided); module docstring."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "schedule", PrefixSchedule(self.schedule))
+        try:
+            object.__setattr__(self, "mode", RTCMode(self.mode))
+        except ValueError:
+            raise ValueError(f"unknown RTC mode {self.mode!r}; choose from {[m.value for m in RTCMode]}") from None
         if self.method is not None:
             m = SamplerMethod(self.method)
             if m not in GUIDED_METHODS:
@@ -297,6 +388,15 @@ class RTC:
         if not hasattr(policy, "denoiser_view"):
             raise ValueError(f"RTC needs a policy with a denoiser view; {type(policy).__name__} has none")
         self.policy, self.config = policy, config
+        view = policy.denoiser_view()
+        trained = bool(getattr(view, "token_sigma", False))
+        if config.mode is RTCMode.TRAINED and not trained:
+            raise ValueError(
+                f"RTC mode 'trained' needs a policy trained with the executed prefix given (Diffusion Policy with "
+                f"train_max_delay > 0); {type(policy).__name__} was not: use mode 'guided' (or 'auto')"
+            )
+        self.mode = (RTCMode.TRAINED if trained else RTCMode.GUIDED) if config.mode is RTCMode.AUTO else config.mode
+        # guided: the backward pass needs autograd; trained: per-position timesteps, which the exported engines lack
         self.engine_switched = _ensure_autograd_engine(policy)
         self.view = policy.denoiser_view()
         pc = policy.config
@@ -317,6 +417,7 @@ class RTC:
         return {
             **{k: v.value if isinstance(v, enum.Enum) else v for k, v in dataclasses.asdict(self.config).items()},
             "method_resolved": self.method.value,
+            "mode_resolved": self.mode.value,
             "steps_resolved": self.steps,
             "engine_switched_to_eager": self.engine_switched,
         }
@@ -377,11 +478,17 @@ class RTC:
         gens = generator if isinstance(generator, (list, tuple)) else [generator] * b
         opts = self.policy.resolve_options(options)
         noise = getattr(opts, "noise", None)
-        guided = [i for i, e in enumerate(env_ids) if e in self._prev]
-        cold = [i for i, e in enumerate(env_ids) if e not in self._prev]
         actions = torch.empty(b, *self.view.action_shape, device=self.policy.device)
         nfe = torch.zeros(b, dtype=torch.int64)
         used_d, used_s = torch.zeros(b, dtype=torch.int64), torch.zeros(b, dtype=torch.int64)
+        row_w: dict[int, torch.Tensor] = {}
+        for i, e in enumerate(env_ids):
+            if e in self._prev:
+                w, used_d[i], used_s[i] = self.weights(delays[i], execs[i])
+                if int(used_d[i]) > 0:  # zero delay: the policy's own chunk (module docstring)
+                    row_w[i] = w
+        guided = sorted(row_w)
+        cold = [i for i in range(b) if i not in row_w]
         if cold:
             out = self.policy.predict(
                 _rows(obs, cold),
@@ -392,11 +499,12 @@ class RTC:
             actions[cold] = out.actions.to(actions.device)
             nfe[cold] = torch.as_tensor(out.info.get("nfe", 0), dtype=torch.int64)
         if guided:
-            ws, prefixes = [], []
-            for i in guided:
-                w, used_d[i], used_s[i] = self.weights(delays[i], execs[i])
-                ws.append(w)
-                prefixes.append(self.prefix(self._prev[env_ids[i]], int(used_s[i])))
+            prefixes = [self.prefix(self._prev[env_ids[i]], int(used_s[i])) for i in guided]
+            if self.mode is RTCMode.TRAINED:  # the frozen positions only: To-1 .. To-2+d
+                pos = torch.arange(self.past + self.span)
+                ws = [(pos >= self.past) & (pos < self.past + int(used_d[i])) for i in guided]
+            else:
+                ws = [row_w[i] for i in guided]
             x0 = self._sample_guided(
                 _rows(obs, guided),
                 torch.stack(prefixes).to(actions.device),
@@ -423,6 +531,19 @@ class RTC:
         """Normalized chunks of the guided rows (the prefix given in env units)."""
         with self.policy.inference_mode(), cpu_threads(self.policy.engine_config.threads):
             cond = self.view.encode(obs)
+            if self.mode is RTCMode.TRAINED:
+                x0 = sample_prefix(
+                    self.view,
+                    cond,
+                    self.view.from_action(prefix_actions),
+                    weights,
+                    steps=self.steps,
+                    method=self.method,
+                    noise=noise,
+                    generator=gens,
+                    x0_clip=self.x0_clip,
+                )
+                return x0.clamp(-1.0, 1.0) if self.final_clip else x0
             x0 = sample_rtc(
                 self.view,
                 cond,

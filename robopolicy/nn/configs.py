@@ -80,6 +80,9 @@ class TransformerConfig(BackboneConfig):
     """Dropout inside the decoder layers."""
     causal_attn: bool = True
     """Action token t attends to actions <= t and to obs tokens j <= t (DP's masks)."""
+    token_time: bool = False
+    """Each action token also embeds its own noise level, so the network takes per-token
+    timesteps (B, H): what training-time action conditioning needs (``train_max_delay``)."""
 
     def __post_init__(self) -> None:
         if self.n_layer < 1:

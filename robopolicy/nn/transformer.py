@@ -3,13 +3,19 @@
 Shapes::
 
     x          (B, H, Da)      noisy action chunk, one token per step
-    timesteps  (B,) or ()      diffusion step (float allowed)
+    timesteps  (B,) or ()      diffusion step (float allowed); (B, H) per token with ``token_time``
     cond       (B, To, D)      per-step observation features
     output     (B, H, Da)
 
 Memory = ``[time token, obs token 1 .. obs token To]`` (plus learned position embeddings),
 mixed by a small MLP. The trunk is a pre-LN ``nn.TransformerDecoder``. With ``causal_attn``,
 action token t attends to action tokens <= t, to the time token, and to obs token j iff t >= j.
+
+Per-token noise levels (``token_time``, training-time action conditioning, Black et al. arXiv
+2512.05964): each action token also gets ``Linear(sinusoid(t_i))`` added to its embedding, so a
+chunk can mix clean tokens (the executed prefix, t = 0) with noisy ones. The memory's time token
+then carries the largest t of the row (the noisy postfix's level); with one t for the whole row
+the network is an ordinary DP-T plus one learned per-token time term.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class TransformerForDiffusion(nn.Module):
         p_drop_emb: float = 0.0,
         p_drop_attn: float = 0.3,
         causal_attn: bool = True,
+        token_time: bool = False,
     ) -> None:
         super().__init__()
         if n_emb % n_head:
@@ -43,6 +50,10 @@ class TransformerForDiffusion(nn.Module):
         self.input_emb = nn.Linear(input_dim, n_emb)
         self.pos_emb = nn.Parameter(torch.zeros(1, horizon, n_emb))
         self.time_emb = SinusoidalPosEmb(n_emb)
+        self.token_time = bool(token_time)
+        self.token_time_emb = (
+            nn.Sequential(SinusoidalPosEmb(n_emb), nn.Linear(n_emb, n_emb)) if self.token_time else None
+        )
         self.cond_obs_emb = nn.Linear(cond_dim, n_emb)
         self.cond_pos_emb = nn.Parameter(torch.zeros(1, 1 + n_obs_steps, n_emb))
         self.drop = nn.Dropout(p_drop_emb)
@@ -78,8 +89,23 @@ class TransformerForDiffusion(nn.Module):
                 f"expected horizon {self.horizon} and {self.n_obs_steps} obs steps, "
                 f"got x {tuple(x.shape)} and cond {tuple(cond.shape)}"
             )
-        t = broadcast_timesteps(timesteps, b, x.device)
-        tokens = self.drop(self.input_emb(x) + self.pos_emb)
+        tokens = self.input_emb(x) + self.pos_emb
+        if torch.is_tensor(timesteps) and timesteps.ndim == 2:
+            if not self.token_time:
+                raise ValueError(
+                    "per-token timesteps (B, H) need a transformer built with token_time=True "
+                    "(trained with training-time action conditioning)"
+                )
+            if tuple(timesteps.shape) != (b, h):
+                raise ValueError(f"per-token timesteps must have shape {(b, h)}, got {tuple(timesteps.shape)}")
+            t_tok = timesteps.to(device=x.device, dtype=torch.float32)
+            t = t_tok.amax(dim=1)
+        else:
+            t = broadcast_timesteps(timesteps, b, x.device)
+            t_tok = t[:, None].expand(b, h) if self.token_time else None
+        if self.token_time_emb is not None:
+            tokens = tokens + self.token_time_emb(t_tok.reshape(-1)).reshape(b, h, -1)  # type: ignore[union-attr]
+        tokens = self.drop(tokens)
         memory = torch.cat([self.time_emb(t)[:, None], self.cond_obs_emb(cond)], dim=1)
         memory = self.cond_encoder(self.drop(memory + self.cond_pos_emb))
         # is-causal stated, not detected: torch's detection compares the mask on the device and

@@ -25,7 +25,7 @@ import torch
 
 import tests.fixture_policy as fixture
 from robopolicy.cli import main
-from robopolicy.control.controller import Controller, ControllerConfig, sleep_until
+from robopolicy.control.controller import Controller, ControllerConfig, SimulatedClock, sleep_until
 from robopolicy.control.drivers.mock import FaultSpec, MockArm
 from robopolicy.control.telemetry import load_jsonl, summarize
 from robopolicy.inference.output import PolicyOutput
@@ -366,6 +366,46 @@ def test_rti_and_rtc_run_a_denoising_policy(strategy, tmp_path):
         assert all(c["frozen"] >= 1 for c in chunks[1:])  # queued actions were executing while it ran
     else:
         assert all(t["delay"] is None for t in calls)
+
+
+@pytest.mark.parametrize("latency_ms,delay", [(0.0, 0), (100.0, 2), (120.0, 3)])
+def test_simulated_time_delays_every_chunk_by_the_injected_latency(latency_ms, delay, tmp_path):
+    """On the simulated clock the delay is exactly ceil(latency / period), however long the
+    prediction really took (here a slow policy: 0.3 s of real time per chunk)."""
+    sim = SimulatedClock()
+    arm = MockArm(clock=sim.now, sleep=sim.sleep)
+    slow = Scripted(constant_policy(), "slow", at=1, slow_s=0.3)
+    config = ControllerConfig(hz=20.0, max_ticks=24, inject_latency_ms=latency_ms, simulated_time=True, warmup=False)
+    ctl = Controller(slow, arm, config, telemetry_path=tmp_path / "t.jsonl", clock=sim.now, sleep=sim.sleep)
+    res = ctl.run()
+    assert res.end_reason == "max_ticks" and not res.faults, res.faults
+    chunks = [r for r in ctl.telemetry.records if r["type"] == "chunk"]
+    ticks = [r for r in ctl.telemetry.records if r["type"] == "tick"]
+    assert len(ticks) == 24 and sim.now() == pytest.approx(23 / 20.0)
+    assert [c["delay_ticks"] for c in chunks] == [delay] * len(chunks)
+    assert [c["obs_tick"] for c in chunks] == list(range(0, 24 - delay, 4))[: len(chunks)]
+    assert all(c["inference_ms"] >= 290 for c in chunks)  # real compute, recorded, not spent on the clock
+    assert res.summary["empty_queue_ticks"] == delay  # only before the first chunk
+    assert res.summary["lateness_ms"]["max"] == 0.0 and res.summary["deadline_misses"] == 0
+    with pytest.raises(ValueError, match="SimulatedClock"):
+        Controller(constant_policy(), MockArm(), ControllerConfig(simulated_time=True))
+
+
+def test_the_loops_priority_is_raised_for_the_run_and_restored(tmp_path):
+    import os
+
+    before = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
+    ctl, res = run(constant_policy(), MockArm(), tmp_path, max_ticks=10, priority="auto")
+    assert res.end_reason == "max_ticks" and not res.faults
+    (event,) = [r for r in ctl.telemetry.records if r["type"] == "event" and r["kind"] == "priority"]
+    assert event["requested"] == "auto"
+    if os.geteuid() == 0:  # root may raise it (CAP_SYS_NICE); elsewhere it says why not
+        assert event["loop"].startswith(("fifo", "nice")) and event["inference_nice"] == -10
+    else:
+        assert event["loop"].startswith(("fifo", "nice", "none ("))
+    assert (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)) == before
+    with pytest.raises(ValueError, match="unknown priority"):
+        ControllerConfig(priority="max")
 
 
 def test_a_policy_that_does_not_fit_the_driver_is_refused():

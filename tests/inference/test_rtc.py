@@ -255,8 +255,13 @@ def test_the_actor_is_plain_sampling_without_a_prefix_to_keep(cls, variant):
     noise = noise_like(rtc.view, 2, 9)
     second = rtc.predict(obs(2, 1), env_ids=[3, 4], delay=0, options={"noise": noise})  # hard mask, d = 0
     again = policy.predict(obs(2, 1), options={"noise": noise})
-    assert bool(second.info["guided"].all()) and second.info["rtc_delay"].tolist() == [0, 0]
+    assert not second.info["guided"].any() and second.info["rtc_delay"].tolist() == [0, 0]
     assert torch.equal(second.actions, again.actions)
+    # zero delay is plain sampling with the paper's soft mask too (it would still weight the overlap)
+    soft = RTC(policy, RTCConfig())
+    soft.predict(obs(2), env_ids=[3, 4])
+    zero = soft.predict(obs(2, 1), env_ids=[3, 4], delay=0, options={"noise": noise})
+    assert torch.equal(zero.actions, again.actions) and not zero.info["guided"].any()
     third = rtc.predict(obs(2, 1), env_ids=[3, 4], delay=2, options={"noise": noise})  # d = 2: a prefix to keep
     assert not torch.equal(third.actions, again.actions)
 

@@ -72,11 +72,33 @@ class DiffusionConfig(PolicyConfig):
     """Training noise schedule (DDPM betas, ``clip_sample``, ``prediction_type``)."""
     inference: InferenceDefaults = dataclasses.field(default_factory=InferenceDefaults)
     """Default sampler and steps of ``predict`` (a call's options override them)."""
+    train_max_delay: int = 0
+    """Training-time action conditioning (Black et al., arXiv 2512.05964): each training row
+    draws an inference delay d uniformly from ``0 .. train_max_delay`` control ticks; the d chunk
+    positions from the newest observation on (indices ``To-1 .. To-2+d``, the actions that would
+    execute while inference runs) get the clean ground truth at timestep 0 and are left out of the
+    loss. At inference the RTC actor's ``trained`` mode gives the executed prefix the same way (no
+    guidance, no backward pass). Needs ``backbone: {kind: transformer, token_time: true}``; 0: off."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         with config_part("backbone"):
             self.backbone.check_horizon(self.horizon)
+        if self.train_max_delay < 0:
+            raise ValueError(f"train_max_delay must be >= 0, got {self.train_max_delay}")
+        if self.train_max_delay > 0:
+            if not getattr(self.backbone, "token_time", False):
+                raise ValueError(
+                    "train_max_delay > 0 (training-time action conditioning) needs per-token noise levels: "
+                    f"backbone kind transformer with token_time: true (got kind {self.backbone.kind!r}"
+                    f"{'' if self.backbone.kind != 'transformer' else ', token_time false'}); the U-Net takes "
+                    "one timestep per chunk"
+                )
+            if self.train_max_delay > self.horizon - self.n_obs_steps:
+                raise ValueError(
+                    f"train_max_delay must leave a noisy action after the prefix: at most horizon - n_obs_steps "
+                    f"= {self.horizon - self.n_obs_steps}, got {self.train_max_delay}"
+                )
         steps, train_steps = self.inference.num_inference_steps, self.noise.num_train_timesteps
         if steps > train_steps:
             raise ValueError(

@@ -83,6 +83,7 @@ def _build_transformer(cfg: DiffusionConfig, feat: int) -> nn.Module:
         b.p_drop_emb,
         b.p_drop_attn,
         b.causal_attn,
+        b.token_time,
     )
 
 
@@ -128,7 +129,13 @@ class DiffusionPolicy(Policy):
         noise = torch.randn_like(action)
         t = torch.randint(0, self.config.noise.num_train_timesteps, (action.shape[0],), device=action.device)
         noisy = self.noise_scheduler.add_noise(action, noise, t)
-        pred = self.model(noisy, t, cond)
+        prefix = self._delay_prefix(action.shape[0], action.device)
+        if prefix is None:
+            pred = self.model(noisy, t, cond)
+        else:  # training-time action conditioning: the prefix clean, at timestep 0, out of the loss
+            clean = self.noise_scheduler.alphas_cumprod[0].to(action.device).sqrt() * action
+            noisy = torch.where(prefix[..., None], clean, noisy)
+            pred = self.model(noisy, torch.where(prefix, 0, t[:, None]), cond)
         ptype = self.config.noise.prediction_type
         if ptype is PredictionType.EPSILON:
             target = noise
@@ -136,8 +143,21 @@ class DiffusionPolicy(Policy):
             target = action
         else:
             target = self.noise_scheduler.get_velocity(action, noise, t)
-        loss = F.mse_loss(pred, target)
-        return loss, {"loss": float(loss.detach())}
+        if prefix is None:
+            loss = F.mse_loss(pred, target)
+            return loss, {"loss": float(loss.detach())}
+        keep = (~prefix)[..., None].expand_as(pred).to(pred.dtype)
+        loss = (F.mse_loss(pred, target, reduction="none") * keep).sum() / keep.sum()
+        return loss, {"loss": float(loss.detach()), "prefix_frac": float(prefix.float().mean())}
+
+    def _delay_prefix(self, b: int, device: torch.device) -> torch.Tensor | None:
+        """(B, H) bool: the clean prefix of each row (``train_max_delay``), None when off."""
+        dmax = self.config.train_max_delay
+        if dmax <= 0:
+            return None
+        d = torch.randint(0, dmax + 1, (b, 1), device=device)
+        pos = torch.arange(self.config.horizon, device=device)[None, :] - (self.config.n_obs_steps - 1)
+        return (pos >= 0) & (pos < d)
 
     # ------------------------------------------------------------------ inference
     def denoiser_view(self) -> VPDenoiserView:
@@ -152,6 +172,7 @@ class DiffusionPolicy(Policy):
                 self.config.noise,
                 from_action_fn=lambda a: self.normalizer.normalize("action", a),
                 snap_fn=self.snap_discrete,
+                token_sigma=self.config.train_max_delay > 0,
             )
             self.__dict__["_view"] = view
         return view
