@@ -71,9 +71,7 @@ def _init_worker(checkpoint: str, task: str, hz: int, threads: int) -> None:
     policy = Policy.load(resolve_checkpoint(checkpoint), device="cpu")
     policy.set_engine("eager")
     sim = SimulatedClock()
-    driver = make_driver(
-        "robosuite", task=task, control_hz=hz, realtime=False, seed=0, clock=sim.now, sleep=sim.sleep
-    )
+    driver = make_driver("robosuite", task=task, control_hz=hz, realtime=False, seed=0, clock=sim.now, sleep=sim.sleep)
     driver.connect()
     _STATE.update(policy=policy.eval(), sim=sim, driver=driver, hz=hz)
 
@@ -183,12 +181,13 @@ def markdown(task: str, table: dict[str, Any], meta: dict[str, Any]) -> str:
                 continue
             lo, hi = c["ci95"]
             jump = "-" if c["jump_pose_mean"] is None else f"{c['jump_pose_mean']:.3f}"
-            cells.append(
-                f"{c['successes']}/{c['episodes']} ({100 * lo:.0f}-{100 * hi:.0f} %), jump {jump}"
-            )
+            cells.append(f"{c['successes']}/{c['episodes']} ({100 * lo:.0f}-{100 * hi:.0f} %), jump {jump}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", f"Checkpoint `{meta['checkpoint']}`, {meta['hz']} Hz, seeds from {meta['seed_start']}, "
-              f"simulated time; wall {meta['wall_s']:.0f} s with {meta['workers']} workers."]
+    lines += [
+        "",
+        f"Checkpoint `{meta['checkpoint']}`, {meta['hz']} Hz, seeds from {meta['seed_start']}, "
+        f"simulated time; wall {meta['wall_s']:.0f} s with {meta['workers']} workers.",
+    ]
     return "\n".join(lines) + "\n"
 
 

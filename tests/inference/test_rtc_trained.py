@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from robopolicy.inference.rtc import RTC, RTCConfig, RTCMode, sample_prefix
-from robopolicy.nn.configs import TransformerConfig
 from robopolicy.nn.transformer import TransformerForDiffusion
 from robopolicy.policies.diffusion import DiffusionPolicy
 from robopolicy.types import ActionSpec, FieldSpec, ObservationSpec
