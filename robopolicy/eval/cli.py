@@ -15,6 +15,7 @@ from typing import Any
 from robopolicy.config import key_values
 from robopolicy.eval.runner import evaluate
 from robopolicy.inference.options import InferenceOptions
+from robopolicy.inference.rtc import RTCConfig
 from robopolicy.inference.rti import RTIConfig
 from robopolicy.outputs import discard, is_report_dir, staging_dir, swap_in
 
@@ -59,11 +60,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--inference",
-        choices=("native", "rti"),
+        choices=("native", "rti", "rtc"),
         default="native",
         help="native: the policy's own sampler; rti: Real-Time Iteration warm starts through the denoiser "
-        "view (no retraining; the first chunk of each episode is sampled natively)",
+        "view (no retraining; the first chunk of each episode is sampled natively); rtc: each chunk inpainted "
+        "toward the previous one with --rtc-delay actions frozen (0: plain sampling)",
     )
+    p.add_argument(
+        "--rtc-delay",
+        type=int,
+        default=0,
+        help="RTC: actions of each new chunk frozen to the previous chunk's (the delay in steps; default 0)",
+    )
+    p.add_argument(
+        "--rtc-mode",
+        choices=("auto", "guided", "trained"),
+        default="auto",
+        help="RTC: guided inpainting, or the prefix given to a policy trained with it (train_max_delay); "
+        "auto: trained when the policy was (default auto)",
+    )
+    p.add_argument("--rtc-max-guidance", type=float, default=5.0, help="RTC: the guidance cap beta (default 5)")
     p.add_argument("--rti-steps", type=int, default=3, help="RTI: sampler steps per warm-started chunk (default 3)")
     p.add_argument(
         "--rti-start-t",
@@ -193,7 +209,14 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
     policy = {"sampler": args.sampler, "num_inference_steps": args.num_inference_steps}
     policy = {k: v for k, v in policy.items() if v is not None}  # only what was asked for
     policy.update(key_values(getattr(args, "policy_option", None) or [], "--policy-option"))
-    return InferenceOptions(method=args.inference, policy=policy, rti=rti, n_action_steps=args.n_action_steps)
+    rtc = RTCConfig(
+        delay=getattr(args, "rtc_delay", 0),
+        mode=getattr(args, "rtc_mode", "auto"),
+        max_guidance=getattr(args, "rtc_max_guidance", 5.0),
+    )
+    return InferenceOptions(
+        method=args.inference, policy=policy, rti=rti, rtc=rtc, n_action_steps=args.n_action_steps
+    )
 
 
 def _evaluate(args: argparse.Namespace, out: Path) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import tests.fixture_policy as fixture
 from robopolicy.cli import main
 from robopolicy.control.controller import Controller, ControllerConfig, SimulatedClock, sleep_until
 from robopolicy.control.drivers.mock import FaultSpec, MockArm
+from robopolicy.control.faults import FaultyActor
 from robopolicy.control.telemetry import load_jsonl, summarize
 from robopolicy.inference.output import PolicyOutput
 from robopolicy.types import FieldSpec, ObservationSpec, osc_pose_action_spec
@@ -57,34 +58,9 @@ def constant_policy(horizon: int = 8, n_action_steps: int = 4) -> fixture.MLPPol
     return policy.eval()
 
 
-class Scripted:
+def Scripted(policy, mode: str, at: int = 3, slow_s: float = 0.6) -> FaultyActor:
     """An actor around a policy that misbehaves from its ``at``-th call: raises, returns NaN, or is slow."""
-
-    def __init__(self, policy, mode: str, at: int = 3, slow_s: float = 0.6) -> None:
-        self.policy, self.mode, self.at, self.slow_s = policy, mode, at, slow_s
-        self.calls = 0
-        self.observes_every_step = False
-
-    def reset(self, env_ids=None) -> None:
-        self.calls = 0  # the warm-up call does not count
-        self.policy.reset(env_ids)
-
-    def observe(self, obs, *, env_ids) -> None:
-        pass
-
-    def predict(self, obs, **kwargs) -> PolicyOutput:
-        self.calls += 1
-        out = self.policy.predict(obs, **kwargs)
-        if self.calls < self.at:
-            return out
-        if self.mode == "raise":
-            raise RuntimeError("boom: CUDA error: an illegal memory access was encountered")
-        if self.mode == "nan":
-            a = out.actions.clone()
-            a[0, 3, 1] = float("nan")
-            return PolicyOutput(a, out.info)
-        time.sleep(self.slow_s)
-        return out
+    return FaultyActor(policy, mode, at=at, slow_s=slow_s)
 
 
 class RecordingArm(MockArm):
@@ -254,7 +230,7 @@ def test_every_fault_ends_in_a_hold_reported_with_the_time_to_hold(name, tmp_pat
     assert records[-1]["end_reason"] == "fault"
     assert summarize(records)["faults"] == records[-1]["faults"]  # the file alone gives the same summary
     if name == "inference_exception":
-        assert "boom" in fault["message"]
+        assert "injected fault" in fault["message"]
         tb = [r for r in records if r["type"] == "event" and r["kind"] == "inference_traceback"]
         assert tb and "RuntimeError" in tb[0]["traceback"]
     if name == "nan_action_at_the_filter":

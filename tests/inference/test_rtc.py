@@ -340,3 +340,32 @@ def test_the_inference_option_builds_rtc():
     with pytest.raises(ValueError, match="unknown inference method"):
         InferenceOptions(method="rtcc")
     assert dataclasses.replace(RTCConfig(), schedule="linear").schedule.value == "linear"
+
+
+def test_the_eval_command_line_builds_rtc_options():
+    from robopolicy.cli import build_parser
+    from robopolicy.eval.cli import inference_options
+
+    args = build_parser().parse_args(
+        [
+            "eval",
+            "--checkpoint",
+            "x",
+            "--suite",
+            "s",
+            "--out",
+            "o",
+            "--inference",
+            "rtc",
+            "--rtc-delay",
+            "2",
+            "--rtc-mode",
+            "guided",
+        ]
+    )
+    opts = inference_options(args)
+    assert opts.method.value == "rtc" and opts.rtc.delay == 2 and opts.rtc.mode.value == "guided"
+    actor = opts.build(make_policy(DiffusionPolicy, "unet"))
+    assert isinstance(actor, RTC) and actor.config.delay == 2
+    plain = inference_options(build_parser().parse_args(["eval", "--checkpoint", "x", "--suite", "s", "--out", "o"]))
+    assert plain.method.value == "native" and plain.rtc.delay == 0
