@@ -214,9 +214,7 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
         mode=getattr(args, "rtc_mode", "auto"),
         max_guidance=getattr(args, "rtc_max_guidance", 5.0),
     )
-    return InferenceOptions(
-        method=args.inference, policy=policy, rti=rti, rtc=rtc, n_action_steps=args.n_action_steps
-    )
+    return InferenceOptions(method=args.inference, policy=policy, rti=rti, rtc=rtc, n_action_steps=args.n_action_steps)
 
 
 def _evaluate(args: argparse.Namespace, out: Path) -> dict[str, Any]:

@@ -29,7 +29,6 @@ from robopolicy.control.controller import Controller, ControllerConfig, Simulate
 from robopolicy.control.drivers.mock import FaultSpec, MockArm
 from robopolicy.control.faults import FaultyActor
 from robopolicy.control.telemetry import load_jsonl, summarize
-from robopolicy.inference.output import PolicyOutput
 from robopolicy.types import FieldSpec, ObservationSpec, osc_pose_action_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
