@@ -82,28 +82,46 @@ def main() -> None:
     p.add_argument("--load", type=int, default=2, help="busy processes during the loaded runs")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the policy")
     p.add_argument("--out", help="results JSON")
+    p.add_argument("--priority", default="auto", help="robopolicy run --priority of the measured runs")
+    p.add_argument(
+        "--compare-priority",
+        default="none",
+        help="a second priority measured loaded at the fastest rate, for a same-session comparison ('' to skip)",
+    )
+    p.add_argument("--compare-ticks", type=int, default=3000, help="ticks of the comparison run")
     p.add_argument("run_args", nargs="*", help="extra arguments for robopolicy run (after --)")
     args = p.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
-    res: dict = {"checkpoint": args.checkpoint, "load_processes": args.load, "threads": args.threads, "runs": {}}
+    extra = ["--priority", args.priority, *args.run_args]
+    res: dict = {
+        "checkpoint": args.checkpoint,
+        "load_processes": args.load,
+        "threads": args.threads,
+        "priority": args.priority,
+        "runs": {},
+    }
     res["machine"] = machine_meta(args.threads)
     if args.baseline_ticks:
-        s = run_loop(args.checkpoint, rates[0], args.baseline_ticks, args.threads, args.run_args)
+        s = run_loop(args.checkpoint, rates[0], args.baseline_ticks, args.threads, extra)
         res["runs"][f"idle_{rates[0]:g}hz"] = {k: s.get(k) for k in KEEP}
         print(f"idle {rates[0]:g} Hz:", json.dumps(s["lateness_ms"]), flush=True)
-    for hz in rates:
+    runs = [(hz, args.priority, args.ticks, f"loaded_{hz:g}hz") for hz in rates]
+    if args.compare_priority:
+        fast = max(rates)
+        runs.append((fast, args.compare_priority, args.compare_ticks, f"loaded_{fast:g}hz_{args.compare_priority}"))
+    for hz, priority, ticks, name in runs:
         load = start_load(args.load)
         try:
             time.sleep(1.0)
-            s = run_loop(args.checkpoint, hz, args.ticks, args.threads, args.run_args)
+            s = run_loop(args.checkpoint, hz, ticks, args.threads, ["--priority", priority, *args.run_args])
             s["loadavg_after"] = os.getloadavg()
         finally:
             stop_load(load)
-        res["runs"][f"loaded_{hz:g}hz"] = {**{k: s.get(k) for k in KEEP}, "loadavg_after": s["loadavg_after"]}
+        res["runs"][name] = {**{k: s.get(k) for k in KEEP}, "priority": priority, "loadavg_after": s["loadavg_after"]}
         lat = s["lateness_ms"]
         print(
-            f"loaded {hz:g} Hz: lateness p50 {lat['p50']:.3f} p99 {lat['p99']:.3f} max {lat['max']:.3f} ms; "
-            f"deadline misses {s['deadline_misses']}, skipped {s['skipped_ticks']}",
+            f"{name} (priority {priority}): lateness p50 {lat['p50']:.3f} p99 {lat['p99']:.3f} max {lat['max']:.3f} "
+            f"ms; deadline misses {s['deadline_misses']}, skipped {s['skipped_ticks']}",
             flush=True,
         )
         if args.out:  # run by run: an interrupted benchmark keeps what it measured
