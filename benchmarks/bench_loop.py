@@ -69,6 +69,7 @@ KEEP = (
     "delay_ticks",
     "faults",
     "end_reason",
+    "priority",
     "wall_s",
 )
 

@@ -252,6 +252,7 @@ def summarize(records: Sequence[Mapping[str, Any]], counters: Mapping[str, Any] 
             {k: f.get(k) for k in ("kind", "message", "tick", "fault_to_hold_ms", "hold_ok", "hold_error")}
             for f in faults
         ],
+        "priority": next((e.get("loop") for e in events if e["kind"] == "priority"), None),
         "end_reason": end.get("reason") if end else None,
         "success": end.get("success") if end else None,
     }
