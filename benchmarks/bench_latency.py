@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.flush()
                 rows.append(row)
     wall = time.perf_counter() - t0
-    rows = [r for r in rows if r["strategy"] in names and r["latency_ms"] in lats]
+    rows = [r for r in rows if r["strategy"] in names and r["latency_ms"] in lats and r["seed"] in seeds]
     table = summarize(rows)
     meta = {
         "task": args.task,
