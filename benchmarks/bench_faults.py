@@ -152,6 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "table": table, "rows": rows}, indent=2))
     lines = [
+        "# Fault table (issue 11): fault to hold",
+        "",
+        f"`benchmarks/bench_faults.py`: the mock arm at {args.hz:g} Hz with `{args.checkpoint}`, "
+        f"{args.repeats} runs per case, loop priority {', '.join(meta['priority'])}, load average before "
+        f"{load_before[0]:.2f}. Fault to hold runs from the moment the fault is known to have happened "
+        "(a failed call's return, a chunk's arrival, a watchdog's deadline) to the return of the hold. "
+        "Faults raised in the inference thread and watchdog deadlines are acted on at the next tick, so "
+        "they take up to one period. After a disconnect the hold cannot be sent: the arm must stop "
+        "on its own (the mock arm does).",
+        "",
         "| case | fault reported | ended in it | hold sent | telemetry intact | fault to hold p50 / max (ms) |",
         "|---|---|---|---|---|---|",
     ]

@@ -118,7 +118,11 @@ def main() -> None:
             s["loadavg_after"] = os.getloadavg()
         finally:
             stop_load(load)
-        res["runs"][name] = {**{k: s.get(k) for k in KEEP}, "priority": priority, "loadavg_after": s["loadavg_after"]}
+        res["runs"][name] = {
+            **{k: s.get(k) for k in KEEP},
+            "priority_requested": priority,
+            "loadavg_after": s["loadavg_after"],
+        }
         lat = s["lateness_ms"]
         print(
             f"{name} (priority {priority}): lateness p50 {lat['p50']:.3f} p99 {lat['p99']:.3f} max {lat['max']:.3f} "
