@@ -248,6 +248,7 @@ def _flat_format_1(config: DiffusionConfig) -> dict:
     flat.update(to_dict(config.backbone), **to_dict(config.obs_encoder), **to_dict(config.noise))
     flat.update(to_dict(config.inference))
     del flat["kind"]
+    flat.pop("token_time")  # added after format 1 (training-time action conditioning)
     return flat
 
 
