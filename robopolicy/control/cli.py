@@ -29,7 +29,7 @@ MOCK_TICKS = 200
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     from robopolicy.control.drivers import known_drivers
-    from robopolicy.eval.cli import add_engine_args
+    from robopolicy.eval.cli import add_engine_args, add_rtc_args
 
     p = subparsers.add_parser(
         "run",
@@ -111,13 +111,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="run on a simulated clock (robosuite or mock): inference inline, each chunk ready exactly "
         "--inject-latency-ms later, whatever the machine's load (reproducible sweeps, faster than real time)",
     )
-    p.add_argument(
-        "--rtc-mode",
-        choices=("auto", "guided", "trained"),
-        default="auto",
-        help="rtc: guided inpainting, or the prefix given to a policy trained with it (train_max_delay); "
-        "auto: trained when the policy was (default auto)",
-    )
+
     p.add_argument(
         "--profile", default="robosuite_panda", help="hardware profile in hardware/ (default robosuite_panda)"
     )
@@ -139,7 +133,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="any inference option of the policy, repeatable",
     )
-    p.add_argument("--rtc-max-guidance", type=float, default=5.0, help="rtc: the guidance cap beta (default 5)")
+    add_rtc_args(p)
     p.add_argument(
         "--rtc-schedule",
         choices=("exp", "linear", "ones", "zeros"),

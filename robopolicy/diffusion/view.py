@@ -197,22 +197,24 @@ class VPDenoiserView(_ViewBase):
             if self.prediction_type is PredictionType.SAMPLE:
                 return out
             return x_vp * c_in - s_c_in * out
-        if torch.is_tensor(sigma) and sigma.ndim == 2:
-            return self._denoise_tokens(x, sigma, cond)
-        sig = self.check_sigma(batch_sigma(sigma, x))
-        t = self.sigma_to_t(sig).to(x.dtype)
-        c_in = per_row((1 + sig**2).rsqrt(), x)  # = sqrt(alpha_bar)
+        if torch.is_tensor(sigma) and sigma.ndim == 2:  # one per chunk position (token_sigma views)
+            sig = self._token_sigma(x, sigma)
+        else:
+            sig = self.check_sigma(batch_sigma(sigma, x))
+        t = self.sigma_to_t(sig.reshape(-1)).reshape(sig.shape).to(x.dtype)
+        tail = (1,) * (x.ndim - sig.ndim)
+        c_in = (1 + sig**2).rsqrt().to(x.dtype).reshape(*sig.shape, *tail)  # = sqrt(alpha_bar)
         x_vp = x * c_in
         out = self.model_fn(x_vp, t, cond)
-        s = per_row(sig, x)
+        s = sig.to(x.dtype).reshape(*sig.shape, *tail)
         if self.prediction_type is PredictionType.EPSILON:
             return x - s * out
         if self.prediction_type is PredictionType.SAMPLE:
             return out
         return x_vp * c_in - (s * c_in) * out  # v: x0 = sqrt(a) x_vp - sqrt(1-a) v
 
-    def _denoise_tokens(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
-        """``denoise`` with one sigma per chunk position (B, H): the network gets (B, H) timesteps."""
+    def _token_sigma(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """A checked (B, H) float64 sigma, one per chunk position: the network then gets (B, H) timesteps."""
         if not self.token_sigma:
             raise ValueError(
                 "per-position sigmas (B, H) need a model trained with per-token noise levels "
@@ -220,18 +222,7 @@ class VPDenoiserView(_ViewBase):
             )
         if tuple(sigma.shape) != tuple(x.shape[:2]):
             raise ValueError(f"per-position sigmas must have shape {tuple(x.shape[:2])}, got {tuple(sigma.shape)}")
-        sig = self.check_sigma(sigma.to(device=x.device, dtype=torch.float64))
-        t = self.sigma_to_t(sig.reshape(-1)).reshape(sig.shape).to(x.dtype)
-        tail = (1,) * (x.ndim - 2)
-        c_in = (1 + sig**2).rsqrt().to(x.dtype).reshape(*sig.shape, *tail)
-        s = sig.to(x.dtype).reshape(*sig.shape, *tail)
-        x_vp = x * c_in
-        out = self.model_fn(x_vp, t, cond)
-        if self.prediction_type is PredictionType.EPSILON:
-            return x - s * out
-        if self.prediction_type is PredictionType.SAMPLE:
-            return out
-        return x_vp * c_in - (s * c_in) * out
+        return self.check_sigma(sigma.to(device=x.device, dtype=torch.float64))
 
     def sigmas(self, n: int, sigma_start: float | None = None) -> torch.Tensor:
         """(n + 1,) float64 descending, last entry 0.

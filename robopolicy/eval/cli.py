@@ -72,14 +72,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=0,
         help="RTC: actions of each new chunk frozen to the previous chunk's (the delay in steps; default 0)",
     )
-    p.add_argument(
-        "--rtc-mode",
-        choices=("auto", "guided", "trained"),
-        default="auto",
-        help="RTC: guided inpainting, or the prefix given to a policy trained with it (train_max_delay); "
-        "auto: trained when the policy was (default auto)",
-    )
-    p.add_argument("--rtc-max-guidance", type=float, default=5.0, help="RTC: the guidance cap beta (default 5)")
+    add_rtc_args(p)
     p.add_argument("--rti-steps", type=int, default=3, help="RTI: sampler steps per warm-started chunk (default 3)")
     p.add_argument(
         "--rti-start-t",
@@ -125,6 +118,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
     return p
+
+
+def add_rtc_args(p: argparse.ArgumentParser) -> None:
+    """RTC's mode and guidance cap, shared by ``eval`` and ``run``."""
+    p.add_argument(
+        "--rtc-mode",
+        choices=("auto", "guided", "trained"),
+        default="auto",
+        help="RTC: guided inpainting, or the prefix given to a policy trained with it (train_max_delay); "
+        "auto: trained when the policy was (default auto)",
+    )
+    p.add_argument("--rtc-max-guidance", type=float, default=5.0, help="RTC: the guidance cap beta (default 5)")
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:

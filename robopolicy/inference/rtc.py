@@ -174,14 +174,40 @@ def sample_rtc(
     or ``inference_mode``; the result carries no autograd history. All-zero weights run no
     backward pass and give plain sampling exactly.
     """
+    if not max_guidance >= 0:
+        raise ValueError(f"max_guidance (beta) must be >= 0, got {max_guidance}")
+    method, s, prefix, noise = _checked_inputs(view, prefix, method, steps, sigmas, noise, generator, "RTC")
+    w = _row_weights(weights, prefix.shape[0], tuple(view.action_shape), noise)
+    guided = bool((w != 0).any()) and max_guidance > 0
+    x = view.noise_to_x(noise, s[0])
+    for sigma, sigma_next in zip(s[:-1], s[1:]):
+        if guided:
+            x0, g = _denoise_vjp(view, x, sigma, cond, prefix, w)
+            x0_g = x0 + guidance_scale(sigma, max_guidance) * g
+        else:
+            x0_g = view.denoise(x, sigma, cond)
+        x = _step(method, x, x0_g, sigma, sigma_next, x0_clip)
+    return x
+
+
+def _checked_inputs(
+    view: DenoiserView,
+    prefix: torch.Tensor,
+    method: SamplerMethod | str,
+    steps: int,
+    sigmas: torch.Tensor | None,
+    noise: torch.Tensor | None,
+    generator: Generators,
+    who: str,
+) -> tuple[SamplerMethod, list[float], torch.Tensor, torch.Tensor]:
+    """What :func:`sample_rtc` and :func:`sample_prefix` share: the step method, the schedule as
+    floats, the prefix on the noise's device and dtype, and the (given or drawn) noise."""
     try:
         method = SamplerMethod(method)
     except ValueError:
-        method = None
+        method = None  # type: ignore[assignment]
     if method not in GUIDED_METHODS:
-        raise ValueError(f"RTC steps with one of {[m.value for m in GUIDED_METHODS]}, got {method!r}")
-    if not max_guidance >= 0:
-        raise ValueError(f"max_guidance (beta) must be >= 0, got {max_guidance}")
+        raise ValueError(f"{who} steps with one of {[m.value for m in GUIDED_METHODS]}, got {method!r}")
     sig = view.sigmas(steps) if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64)
     if sig.ndim != 1 or len(sig) < 2 or bool((sig[1:] > sig[:-1]).any()) or float(sig[-2]) <= 0:
         raise ValueError("sigmas must be a descending 1-D schedule with only the last entry allowed to be 0")
@@ -193,22 +219,16 @@ def sample_rtc(
         noise = randn_rows((b, *shape), generator, prefix.device)
     elif tuple(noise.shape) != (b, *shape):
         raise ValueError(f"noise must have shape {(b, *shape)}, got {tuple(noise.shape)}")
-    w = _row_weights(weights, b, shape, noise)
-    guided = bool((w != 0).any()) and max_guidance > 0
-    prefix = prefix.to(device=noise.device, dtype=noise.dtype)
-    s = [float(v) for v in sig]
-    x = view.noise_to_x(noise, s[0])
-    for sigma, sigma_next in zip(s[:-1], s[1:]):
-        if guided:
-            x0, g = _denoise_vjp(view, x, sigma, cond, prefix, w)
-            x0_g = x0 + guidance_scale(sigma, max_guidance) * g
-        else:
-            x0 = x0_g = view.denoise(x, sigma, cond)
-        if method is SamplerMethod.EULER:
-            x = x + (sigma_next - sigma) * ((x - _clip(x0_g, x0_clip)) / sigma)
-        else:  # DDIM: the clipped estimate plus the unclipped direction, as sample_ddim
-            x = _clip(x0_g, x0_clip) + (sigma_next / sigma) * (x - x0_g)
-    return x
+    return method, [float(v) for v in sig], prefix.to(device=noise.device, dtype=noise.dtype), noise
+
+
+def _step(
+    method: SamplerMethod, x: torch.Tensor, x0: torch.Tensor, sigma: float, sigma_next: float, clip: float | None
+) -> torch.Tensor:
+    """One deterministic step from ``sigma`` to ``sigma_next`` with the clean estimate ``x0``."""
+    if method is SamplerMethod.EULER:
+        return x + (sigma_next - sigma) * ((x - _clip(x0, clip)) / sigma)
+    return _clip(x0, clip) + (sigma_next / sigma) * (x - x0)  # DDIM: clipped estimate, unclipped direction
 
 
 def sample_prefix(
@@ -232,43 +252,22 @@ def sample_prefix(
     the rest ``sigma``; the view gets the (B, H) sigmas (``view.token_sigma`` must be True). The
     steps are :func:`sample_rtc`'s (DDIM / first-order DPM-Solver or Euler), without guidance.
     """
-    try:
-        method = SamplerMethod(method)
-    except ValueError:
-        method = None
-    if method not in GUIDED_METHODS:
-        raise ValueError(f"prefix sampling steps with one of {[m.value for m in GUIDED_METHODS]}, got {method!r}")
     if not getattr(view, "token_sigma", False):
         raise ValueError(
             "prefix sampling (RTC mode 'trained') needs a model trained with the prefix given "
             "(Diffusion Policy: train_max_delay > 0); use RTC mode 'guided' for this policy"
         )
-    sig = view.sigmas(steps) if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64)
-    if sig.ndim != 1 or len(sig) < 2 or bool((sig[1:] > sig[:-1]).any()) or float(sig[-2]) <= 0:
-        raise ValueError("sigmas must be a descending 1-D schedule with only the last entry allowed to be 0")
-    shape = tuple(view.action_shape)
-    if prefix.ndim != 1 + len(shape) or tuple(prefix.shape[1:]) != shape:
-        raise ValueError(f"prefix must have shape (B, {', '.join(map(str, shape))}), got {tuple(prefix.shape)}")
-    b = prefix.shape[0]
-    if tuple(frozen.shape) != (b, shape[0]) or frozen.dtype != torch.bool:
-        raise ValueError(f"frozen must be a bool tensor of shape {(b, shape[0])}, got {tuple(frozen.shape)}")
-    if noise is None:
-        noise = randn_rows((b, *shape), generator, prefix.device)
-    elif tuple(noise.shape) != (b, *shape):
-        raise ValueError(f"noise must have shape {(b, *shape)}, got {tuple(noise.shape)}")
-    prefix = prefix.to(device=noise.device, dtype=noise.dtype)
+    h = view.action_shape[0]
+    if tuple(frozen.shape) != (prefix.shape[0], h) or frozen.dtype != torch.bool:
+        raise ValueError(f"frozen must be a bool tensor of shape {(prefix.shape[0], h)}, got {tuple(frozen.shape)}")
+    method, s, prefix, noise = _checked_inputs(view, prefix, method, steps, sigmas, noise, generator, "prefix sampling")
     frozen = frozen.to(noise.device)
-    m = frozen.reshape(b, shape[0], *([1] * (len(shape) - 1)))
-    s = [float(v) for v in sig]
+    m = frozen.reshape(*frozen.shape, *([1] * (prefix.ndim - 2)))
     x = torch.where(m, prefix, view.noise_to_x(noise, s[0]))
     for sigma, sigma_next in zip(s[:-1], s[1:]):
         tok = torch.where(frozen, view.sigma_min, sigma).to(torch.float64)
         x0 = torch.where(m, prefix, view.denoise(x, tok, cond))
-        if method is SamplerMethod.EULER:
-            x = x + (sigma_next - sigma) * ((x - _clip(x0, x0_clip)) / sigma)
-        else:
-            x = _clip(x0, x0_clip) + (sigma_next / sigma) * (x - x0)
-        x = torch.where(m, prefix, x)
+        x = torch.where(m, prefix, _step(method, x, x0, sigma, sigma_next, x0_clip))
     return x
 
 
