@@ -18,6 +18,7 @@ COMMANDS = [
     ("bench", "robopolicy.inference.bench"),
     ("import-checkpoint", "robopolicy.checkpoints.cli"),
     ("run", "robopolicy.control.cli"),
+    ("daemon", "robopolicy.daemon.cli"),
 ]
 
 

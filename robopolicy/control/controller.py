@@ -92,7 +92,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -275,6 +275,18 @@ class ControllerConfig:
     @property
     def period_s(self) -> float:
         return 1.0 / self.hz
+
+
+class TickObserver(Protocol):
+    """What :class:`Controller` tells a recorder (the daemon's run recorder), in the loop thread."""
+
+    def tick(self, rec: TickRecord, reading: Reading | None, policy_action: np.ndarray | None) -> None:
+        """After tick ``rec.tick``'s telemetry line: its reading (None: the read failed) and the
+        action the scheduler gave before the safety filter (None: none was queued); ``rec.action``
+        is what was sent."""
+
+    def chunk(self, rec: ChunkRecord, chunk: np.ndarray) -> None:
+        """A chunk came back from inference and was merged (``chunk``: its actions, ``(H', Da)``)."""
 
 
 @dataclasses.dataclass
@@ -511,6 +523,11 @@ class Controller:
         meta: extra fields for the telemetry's first line (checkpoint, task...).
         after_tick: called with the tick index after each tick's write (e.g. to render a video
             frame); its time counts in the loop body.
+        recorder: a :class:`TickObserver` told of every tick (after its telemetry line, with the
+            reading and the policy's action) and every merged chunk; it runs in the loop thread,
+            so it must be quick (the daemon's recorder appends to lists).
+        telemetry_listener: called with every telemetry record as it is written (in the thread
+            that wrote it); it must be quick and must not raise.
     """
 
     def __init__(
@@ -523,6 +540,8 @@ class Controller:
         telemetry_path: str | Path | None = None,
         meta: Mapping[str, Any] | None = None,
         after_tick: Callable[[int], None] | None = None,
+        recorder: TickObserver | None = None,
+        telemetry_listener: Callable[[dict[str, Any]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -549,6 +568,10 @@ class Controller:
         self.telemetry_path = None if telemetry_path is None else Path(telemetry_path)
         self.meta = dict(meta or {})
         self.after_tick = after_tick
+        self.recorder = recorder
+        self.telemetry_listener = telemetry_listener
+        self._tick_reading: Reading | None = None
+        self._tick_policy_action: np.ndarray | None = None
         if config.simulated_time and clock is time.monotonic:
             raise ValueError(
                 "simulated_time needs a SimulatedClock shared with the driver: "
@@ -575,7 +598,7 @@ class Controller:
         cfg, driver = self.config, self.driver
         connected_here = not driver.connected
         self._setup_episode()
-        self.telemetry = tel = Telemetry(self.telemetry_path, self._meta())
+        self.telemetry = tel = Telemetry(self.telemetry_path, self._meta(), listener=self.telemetry_listener)
         got, restore_priority = "none", None
         old_switch = sys.getswitchinterval()
         if cfg.switch_interval_s is not None:
@@ -698,11 +721,14 @@ class Controller:
             None,
             None,
         )
+        self._tick_reading = self._tick_policy_action = None
         end = self._body(tick, sched, rec)
         t_end = self._clock()
         rec.body_ms = (t_end - start) * 1e3
         rec.deadline_miss = t_end > sched + self.config.period_s
         self.telemetry.tick(rec)  # type: ignore[union-attr]
+        if self.recorder is not None:
+            self.recorder.tick(rec, self._tick_reading, self._tick_policy_action)
         return end
 
     def _body(self, tick: int, sched: float, rec: TickRecord) -> str | None:
@@ -721,6 +747,7 @@ class Controller:
             return self._fault(_error_kind(e), str(e), tick, self._clock(), rec)
         now = self._clock()
         rec.seq, rec.obs_age_ms = reading.seq, (now - reading.t) * 1e3
+        self._tick_reading = reading
         self._observe(reading, now)
         # 2. a finished chunk
         end = self._pick_up(tick, now, rec)
@@ -743,6 +770,7 @@ class Controller:
                     return end
         # 4. this tick's action, through the safety filter, to the driver
         action = self.scheduler.next_action(tick)
+        self._tick_policy_action = action
         rec.queued = self.scheduler.remaining(tick + 1)
         now = self._clock()
         if action is None:
@@ -828,8 +856,7 @@ class Controller:
         ready = res.t_ready - res.job.t_sched
         self._ready.append(ready)
         self._chunks += 1
-        self.telemetry.chunk(  # type: ignore[union-attr]
-            ChunkRecord(
+        crec = ChunkRecord(
                 chunk=self._chunks - 1,
                 obs_tick=req.obs_tick,
                 available_tick=tick,
@@ -848,7 +875,9 @@ class Controller:
                 energy=res.info.get("energy"),
                 value=res.info.get("value"),
             )
-        )
+        self.telemetry.chunk(crec)  # type: ignore[union-attr]
+        if self.recorder is not None:
+            self.recorder.chunk(crec, res.chunk)  # type: ignore[arg-type]
 
     def _fault(self, kind: str, message: str, tick: int, t_fault: float, rec: TickRecord | None) -> str:
         """Hold, and record the fault with the time from ``t_fault`` until the hold returned."""
@@ -913,6 +942,7 @@ __all__ = [
     "ControllerConfig",
     "RunResult",
     "SimulatedClock",
+    "TickObserver",
     "check_compatible",
     "raise_loop_priority",
     "resolve_actor",

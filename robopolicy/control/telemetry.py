@@ -22,7 +22,7 @@ import dataclasses
 import enum
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -135,8 +135,15 @@ def _jsonable(v: Any) -> Any:
 class Telemetry:
     """Records of one run, kept in memory and streamed to ``path`` (JSONL) when given."""
 
-    def __init__(self, path: str | Path | None = None, meta: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        meta: Mapping[str, Any] | None = None,
+        listener: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.path = None if path is None else Path(path)
+        self.listener = listener
+        """Called with every record as it is written (the daemon's live telemetry stream)."""
         self.records: list[dict[str, Any]] = []
         self._file: TextIO | None = None
         if self.path is not None:
@@ -151,6 +158,8 @@ class Telemetry:
         if self._file is not None:
             self._file.write(json.dumps(rec, allow_nan=False) + "\n")
             self._file.flush()
+        if self.listener is not None:
+            self.listener(rec)
         return rec
 
     def tick(self, rec: TickRecord) -> None:

@@ -845,6 +845,27 @@ class EpisodeStore:
             self._meta_cache.append(json.loads(meta_json))
         return n
 
+    def update_episode_metadata(self, i: int, **fields: Any) -> dict:
+        """Merge ``fields`` into episode ``i``'s metadata (e.g. an operator's success label given
+        after the episode was written); returns the new metadata. The entry is rewritten in one
+        atomic key write: a crash leaves the old or the new metadata, never a mix."""
+        self._require_writable()
+        self.episode_slice(i)  # range check
+        new = {**self.episode_metadata(i), **fields}
+        meta_json = json.dumps(new, default=_json_default)  # fail before writing
+        meta = self._root["meta"]
+        if "episode_metadata" not in meta:
+            _create_metadata_array(meta, self.zarr_format)
+        mz = meta["episode_metadata"].with_config(_WRITE_ALL)
+        old = mz.shape[0]
+        if old < self.n_episodes:  # a store written without metadata: pad with empty entries
+            mz.resize((self.n_episodes,))
+            mz[old : self.n_episodes] = np.array(["{}"] * (self.n_episodes - old), dtype=object)
+        mz[i : i + 1] = np.array([meta_json], dtype=object)
+        if self._meta_cache is not None:
+            self._meta_cache[i] = json.loads(meta_json)
+        return new
+
     # ------------------------------------------------------------------ checks
     def _stored_files(self, arr_path: str) -> set[str] | None:
         """Keys (relative to the array) of the objects stored for ``arr_path``; None if unknown."""
