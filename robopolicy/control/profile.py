@@ -1,9 +1,17 @@
 """Hardware profiles: one YAML per arm in ``hardware/`` (format: ``hardware/README.md``).
 
 A profile is data the drivers and the safety filter read: joint names and limits, the home pose,
-the end-effector workspace box, the largest change of each action dim per tick, the gripper's
-limits and rate, and the control rate. It names its action space (``osc_pose``), whose
-:class:`~robopolicy.types.ActionSpec` gives the action dims the profile's limits refer to.
+the end-effector workspace box (delta end-effector spaces only), the largest change of each action
+dim per tick, the gripper's limits and rate, the control rate, and for a lerobot arm the map from
+our names to lerobot's. It names its action space (a key of :data:`ACTION_SPACES`), whose
+:class:`~robopolicy.types.ActionSpec` gives the action dims the profile's limits refer to:
+
+============ ========= ==================================================================
+osc_pose     delta     robosuite OSC_POSE: end-effector offsets, a zero arm action holds;
+                       needs ``workspace``
+joint_pos    absolute  joint position targets [rad], one dim per joint (``joints.names``)
+                       plus the gripper dim; limits = the joint limits; no ``workspace``
+============ ========= ==================================================================
 
 ``load_profile("robosuite_panda")`` reads ``hardware/robosuite_panda.yaml``; a path works too.
 Every missing, unknown or bad key is a ``ValueError`` naming the file and the key.
@@ -12,6 +20,7 @@ Every missing, unknown or bad key is a ``ValueError`` naming the file and the ke
 from __future__ import annotations
 
 import dataclasses
+import enum
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,8 +35,55 @@ from robopolicy.types import ActionSpec, osc_pose_action_spec
 PROFILE_DIR = REPO_ROOT / "hardware"
 """Where :func:`load_profile` looks up a profile by name."""
 
-ACTION_SPACES: dict[str, Callable[[], ActionSpec]] = {"osc_pose": osc_pose_action_spec}
-"""Action spaces a profile can name. All are delta end-effector actions: a zero arm action holds."""
+
+class ActionKind(str, enum.Enum):
+    """How an action space's arm dims command the arm; the safety filter's hold and rate anchor follow it."""
+
+    DELTA_EEF = "delta_eef"
+    """Offsets of the end-effector goal: a zero arm action holds; needs a ``workspace`` box."""
+    ABSOLUTE_JOINT = "absolute_joint"
+    """Joint position targets: holding means commanding the present position; no ``workspace``."""
+
+
+@dataclass(frozen=True)
+class ActionSpace:
+    """An action space a profile can name: its kind, and its spec built from the profile."""
+
+    kind: ActionKind
+    build: Callable[[HardwareProfile], ActionSpec]
+
+    @property
+    def absolute(self) -> bool:
+        return self.kind is ActionKind.ABSOLUTE_JOINT
+
+
+def joint_pos_action_spec(profile: HardwareProfile) -> ActionSpec:
+    """Absolute joint position targets: one dim per joint of ``profile.joints`` [rad], limits the
+    joint limits, then the gripper dim (continuous, ``gripper.low/high`` in ``gripper.units``)."""
+    j, g = profile.joints, profile.gripper
+    return ActionSpec(
+        names=(*j.names, g.dim),
+        low=(*j.lower, g.low),
+        high=(*j.upper, g.high),
+        units=("rad",) * len(j.names) + (g.units,),
+        discrete=(False,) * (len(j.names) + 1),
+    )
+
+
+ACTION_SPACES: dict[str, ActionSpace | Callable[[], ActionSpec]] = {
+    "osc_pose": ActionSpace(ActionKind.DELTA_EEF, lambda profile: osc_pose_action_spec()),
+    "joint_pos": ActionSpace(ActionKind.ABSOLUTE_JOINT, joint_pos_action_spec),
+}
+"""Action spaces a profile can name. A value may also be a zero-argument factory of a fixed
+:class:`ActionSpec`, which is a delta end-effector space."""
+
+
+def get_action_space(name: str) -> ActionSpace:
+    """The :class:`ActionSpace` registered as ``name`` (KeyError if none)."""
+    space = ACTION_SPACES[name]
+    if isinstance(space, ActionSpace):
+        return space
+    return ActionSpace(ActionKind.DELTA_EEF, lambda profile: space())
 
 
 @dataclass(frozen=True)
@@ -83,18 +139,58 @@ class Workspace:
 
 @dataclass(frozen=True)
 class GripperLimits:
-    """The gripper action dim ``dim``: its command range and largest change per tick."""
+    """The gripper action dim ``dim``: its command range, largest change per tick and units (for
+    the spec of a joint space; a fixed action space brings its own)."""
 
     dim: str
     low: float
     high: float
     max_delta: float
+    units: str = ""
 
     def __post_init__(self) -> None:
         if not self.low < self.high:
             raise ValueError(f"low must be < high, got low={self.low}, high={self.high}")
         if not self.max_delta > 0:
             raise ValueError(f"max_delta must be > 0, got {self.max_delta}")
+
+
+JOINT_UNITS = ("degrees", "radians")
+"""Joint units a lerobot robot may report (``degrees``: ``use_degrees=True``)."""
+
+
+@dataclass(frozen=True)
+class LerobotMap:
+    """How a lerobot ``Robot`` names and scales what the profile describes.
+
+    Attributes:
+        robot_type: lerobot's registered robot config name (``so101_follower``).
+        keys: ``{our joint or gripper dim: lerobot's action/observation key}`` (``<motor>.pos``),
+            for every joint of ``joints.names`` and the gripper dim.
+        joint_units: the units of lerobot's joint values (:data:`JOINT_UNITS`); ours are radians.
+        gripper_scale: our gripper value = ``gripper_scale`` * lerobot's gripper value.
+        teleop_type: lerobot's leader arm for this follower (``so101_leader``), if any.
+        cameras: ``{our camera name: lerobot's camera key}``; a camera the driver is given that
+            is not listed keeps its name.
+    """
+
+    robot_type: str
+    keys: dict[str, str]
+    joint_units: str
+    gripper_scale: float = 1.0
+    teleop_type: str = ""
+    cameras: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.robot_type:
+            raise ValueError("robot_type must not be empty")
+        if self.joint_units not in JOINT_UNITS:
+            raise ValueError(f"joint_units: {self.joint_units!r} is not one of {list(JOINT_UNITS)}")
+        if not self.gripper_scale > 0:
+            raise ValueError(f"gripper_scale must be > 0, got {self.gripper_scale}")
+        dup = sorted({v for v in self.keys.values() if list(self.keys.values()).count(v) > 1})
+        if dup:
+            raise ValueError(f"keys: lerobot keys {dup} are used more than once")
 
 
 @dataclass(frozen=True)
@@ -107,9 +203,11 @@ class HardwareProfile:
         control_hz: control ticks per second.
         joints: joint names and limits.
         home: the home pose.
-        workspace: the end-effector box and the action dims that move the end effector.
+        workspace: the end-effector box and the action dims that move the end effector; required
+            by a delta end-effector space, not allowed for a joint space.
         max_delta: ``{action dim: largest change per tick}`` for every arm dim (all but the gripper).
         gripper: the gripper dim's limits and rate.
+        lerobot: the map to a lerobot robot's names and units (lerobot arms only).
         source: the file it was loaded from (not compared).
     """
 
@@ -118,9 +216,10 @@ class HardwareProfile:
     control_hz: float
     joints: JointLimits
     home: HomePose
-    workspace: Workspace
     max_delta: dict[str, float]
     gripper: GripperLimits
+    workspace: Workspace | None = None
+    lerobot: LerobotMap | None = None
     source: str = dataclasses.field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -130,6 +229,11 @@ class HardwareProfile:
             raise ValueError(f"action_space: unknown {self.action_space!r}; known: {sorted(ACTION_SPACES)}")
         if not self.control_hz > 0:
             raise ValueError(f"control_hz must be > 0, got {self.control_hz}")
+        space = get_action_space(self.action_space)
+        if space.absolute and self.gripper.dim in self.joints.names:
+            raise ValueError(
+                f"gripper.dim: {self.gripper.dim!r} is also a joint name; the {self.action_space} dims clash"
+            )
         spec = self.action_spec
         n = len(self.joints.names)
         if len(self.home.joint_pos) != n:
@@ -156,9 +260,17 @@ class HardwareProfile:
             )
         if not g.low <= self.home.gripper <= g.high:
             raise ValueError(f"home.gripper {self.home.gripper} is outside gripper.low/high [{g.low}, {g.high}]")
-        unknown = [d for d in self.workspace.dims if d not in spec.names or d == g.dim]
-        if unknown:
-            raise ValueError(f"workspace.dims: {unknown} are not arm action dims of {self.action_space}")
+        if space.kind is ActionKind.DELTA_EEF and self.workspace is None:
+            raise ValueError(f"workspace is required by the delta end-effector action space {self.action_space!r}")
+        if space.absolute and self.workspace is not None:
+            raise ValueError(
+                f"workspace is not allowed with the joint action space {self.action_space!r} "
+                "(its limits are the joint limits)"
+            )
+        if self.workspace is not None:
+            unknown = [d for d in self.workspace.dims if d not in spec.names or d == g.dim]
+            if unknown:
+                raise ValueError(f"workspace.dims: {unknown} are not arm action dims of {self.action_space}")
         arm_dims = [d for d in spec.names if d != g.dim]
         missing = [d for d in arm_dims if d not in self.max_delta]
         extra = [d for d in self.max_delta if d not in arm_dims]
@@ -167,11 +279,24 @@ class HardwareProfile:
         bad = [d for d, v in self.max_delta.items() if not v > 0]
         if bad:
             raise ValueError(f"max_delta must be > 0, not so for {bad}")
+        if self.lerobot is not None:
+            ours = [*self.joints.names, g.dim]
+            missing = [d for d in ours if d not in self.lerobot.keys]
+            extra = [d for d in self.lerobot.keys if d not in ours]
+            if missing or extra:
+                raise ValueError(
+                    f"lerobot.keys must map exactly the joints and the gripper {ours}: missing {missing}, unknown {extra}"
+                )
+
+    @property
+    def action_kind(self) -> ActionKind:
+        """Whether :attr:`action_space` is a delta end-effector or an absolute joint space."""
+        return get_action_space(self.action_space).kind
 
     @property
     def action_spec(self) -> ActionSpec:
         """The :class:`ActionSpec` of :attr:`action_space`."""
-        return ACTION_SPACES[self.action_space]()
+        return get_action_space(self.action_space).build(self)
 
     @property
     def period_s(self) -> float:
@@ -235,19 +360,27 @@ def _missing_keys(cls: type, data: Any, where: str) -> list[str]:
         if f.name not in data:
             if required:
                 out.append(key)
-        elif dataclasses.is_dataclass(hints[f.name]):
-            out += _missing_keys(hints[f.name], data[f.name], key)
+        else:
+            nested = [t for t in (*typing.get_args(hints[f.name]), hints[f.name]) if dataclasses.is_dataclass(t)]
+            if nested:  # a dataclass field, or an optional one (``X | None``)
+                out += _missing_keys(nested[0], data[f.name], key)
     return out
 
 
 __all__ = [
     "ACTION_SPACES",
+    "JOINT_UNITS",
     "PROFILE_DIR",
+    "ActionKind",
+    "ActionSpace",
     "GripperLimits",
     "HardwareProfile",
     "HomePose",
     "JointLimits",
+    "LerobotMap",
     "Workspace",
+    "get_action_space",
+    "joint_pos_action_spec",
     "known_profiles",
     "load_profile",
     "resolve_profile",

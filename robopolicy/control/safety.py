@@ -6,14 +6,16 @@ reading, and returns the action to send plus what it changed::
     safe, events = safety.filter(action, reading, now=time.monotonic())
     driver.write(safe)
 
-Faults make it send the **hold action** (zero arm motion, the gripper at its last command; what
-``Driver.hold()`` sends for the delta action spaces of ``hardware/`` profiles):
+Faults make it send the **hold action**: what ``Driver.hold()`` sends. In a delta end-effector
+space (``osc_pose``) that is zero arm motion; in an absolute joint space (``joint_pos``) it is the
+joints' present reading. Either way the gripper stays at its last command.
 
 =============== =====================================================================
 estop           :meth:`SafetyFilter.estop` was called; latched until :meth:`reset_estop`
 watchdog        a :class:`Watchdog` given to the filter is past its deadline
 nan_action      the action has NaN or inf
-nan_reading     the reading's ``eef_pos`` or ``joint_pos`` has NaN or inf
+nan_reading     a reading the filter uses has NaN or inf: ``joint_pos``, ``eef_pos`` (delta
+                spaces, for the workspace) or ``gripper_pos`` (joint spaces)
 joint_limit     a joint reads more than ``joints.tolerance`` past its limit
 =============== =====================================================================
 
@@ -23,12 +25,17 @@ Otherwise it clamps, in this order (the later wins where they conflict):
 action_limit    a dim outside the action spec's limits is clipped (discrete dims snapped)
 gripper_limit   the gripper dim is clipped to the profile's ``gripper.low/high``
 max_delta       an arm dim changes by at most ``max_delta[dim]`` from the last sent action
+                (joint spaces: the first action of a run, or after an e-stop reset, from the
+                present reading, so a far first target cannot jump)
 gripper_rate    the gripper changes by at most ``gripper.max_delta`` from the last sent
                 action; a discrete gripper that may not switch keeps its last command
 workspace       a position delta that would take the end effector (``eef_pos``) out of the
                 workspace box is shortened to reach its face; outside the box, the
-                components pushing further out are zeroed
+                components pushing further out are zeroed (delta spaces only)
 =============== =====================================================================
+
+In a joint space the action limits are the joint limits, so ``action_limit`` clamps joint
+targets into them.
 
 Every kind is counted in :attr:`SafetyFilter.counters` once per ``filter`` call it happened in
 (``hold`` counts the calls that sent the hold action). Time is passed in (monotonic seconds);
@@ -48,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from robopolicy.control.drivers.base import Reading
-from robopolicy.control.profile import HardwareProfile
+from robopolicy.control.profile import ActionKind, HardwareProfile
 from robopolicy.types import ActionSpec
 
 FAULT_KINDS = ("estop", "watchdog", "nan_action", "nan_reading", "joint_limit")
@@ -170,8 +177,14 @@ class SafetyFilter:
                 f"[{g.low}, {g.high}] must equal its action limits [{spec.low[self._g]}, {spec.high[self._g]}]"
             )
         self._arm = np.array([i != self._g for i in range(spec.dim)])
-        self._ws_idx = [spec.names.index(d) for d in profile.workspace.dims]
-        self._ws_low, self._ws_high = np.asarray(profile.workspace.low), np.asarray(profile.workspace.high)
+        self._absolute = profile.action_kind is ActionKind.ABSOLUTE_JOINT
+        ws = profile.workspace
+        if ws is not None:
+            self._ws_idx = [spec.names.index(d) for d in ws.dims]
+            self._ws_low, self._ws_high = np.asarray(ws.low), np.asarray(ws.high)
+        self._keys = ("joint_pos",) + (("eef_pos",) if ws is not None else ()) + (("gripper_pos",) * self._absolute)
+        self._present: np.ndarray | None = None  # joint spaces: the newest finite reading (Da,)
+        self._anchored = False  # joint spaces: last_action was set from a reading or a sent action
         self._jl_low = np.asarray(profile.joints.lower) - profile.joints.tolerance
         self._jl_high = np.asarray(profile.joints.upper) + profile.joints.tolerance
         self.counters: dict[str, int] = dict.fromkeys(FAULT_KINDS + CLAMP_KINDS + ("hold",), 0)
@@ -191,27 +204,37 @@ class SafetyFilter:
             self.estop_reason = str(reason) or "e-stop"
 
     def reset_estop(self) -> None:
-        """Release the e-stop. Motion restarts from rest: the next action is rate-limited from the hold action."""
+        """Release the e-stop. Motion restarts from rest: the next action is rate-limited from the
+        hold action (joint spaces: from the present reading at the next call)."""
         self.estop_reason = None
         self.last_action = self.hold_action()
+        self._anchored = False
 
     def reset(self, gripper: float | None = None) -> None:
         """A new episode: the last sent action becomes the hold action with ``gripper`` (default
-        the profile's home gripper). The e-stop and the counters are kept."""
+        the profile's home gripper). The e-stop and the counters are kept. In a joint space the
+        next call anchors the last sent action to the present reading (joints and gripper)."""
         self.last_action = self._rest_action(self.profile.home.gripper if gripper is None else gripper)
+        self._present = None
+        self._anchored = False
 
     # ------------------------------------------------------------------ filter
     def hold_action(self) -> np.ndarray:
-        """Zero arm motion, the gripper at its last sent command: ``(Da,)`` float64."""
-        return self._rest_action(self.last_action[self._g])
+        """The gripper at its last sent command and: zero arm motion (delta spaces), or the joints'
+        newest finite reading (joint spaces; before any reading, the last sent action's): ``(Da,)`` float64."""
+        if not self._absolute:
+            return self._rest_action(self.last_action[self._g])
+        out = (self.last_action if self._present is None else self._present).copy()
+        out[self._g] = self.last_action[self._g]
+        return out
 
     def filter(
         self, action: Any, reading: Reading | Mapping[str, Any], now: float | None = None
     ) -> tuple[np.ndarray, list[SafetyEvent]]:
         """The action to send instead of ``action`` ``(Da,)``, and the events of this call.
 
-        ``reading`` is the newest :class:`Reading` (or its ``obs``); ``eef_pos`` and ``joint_pos``
-        are used. ``now`` (monotonic seconds) is needed when the filter has watchdogs.
+        ``reading`` is the newest :class:`Reading` (or its ``obs``); ``joint_pos`` is used, and
+        ``eef_pos`` (delta spaces) or ``gripper_pos`` (joint spaces). ``now`` (monotonic seconds) is needed when the filter has watchdogs.
         """
         a = np.array(action, dtype=np.float64)
         if a.shape != (self.spec.dim,):
@@ -219,12 +242,14 @@ class SafetyFilter:
         if self.watchdogs and now is None:
             raise ValueError("safety filter: pass now= (monotonic seconds) to check its watchdogs")
         obs = reading.obs if isinstance(reading, Reading) else reading
+        self._observe(obs)
         events = self._faults(a, obs, now)
         if events:
             safe = self.hold_action()
             self.counters["hold"] += 1
         else:
-            safe = self._clamp(a, np.asarray(obs["eef_pos"], dtype=np.float64), events)
+            eef = np.asarray(obs["eef_pos"], dtype=np.float64) if "eef_pos" in self._keys else None
+            safe = self._clamp(a, eef, events)
         for kind in {e.kind for e in events}:
             self.counters[kind] += 1
         self.last_action = safe
@@ -238,8 +263,10 @@ class SafetyFilter:
         (stopping is always allowed), and the hold action becomes the last sent action."""
         if self.watchdogs and now is None:
             raise ValueError("safety filter: pass now= (monotonic seconds) to check its watchdogs")
+        obs = reading.obs if isinstance(reading, Reading) else reading
+        self._observe(obs)
         safe = self.hold_action()
-        events = self._faults(safe, reading.obs if isinstance(reading, Reading) else reading, now)
+        events = self._faults(safe, obs, now)
         self.counters["hold"] += 1
         for kind in {e.kind for e in events}:
             self.counters[kind] += 1
@@ -257,11 +284,7 @@ class SafetyFilter:
         bad = [self.spec.names[i] for i in np.flatnonzero(~np.isfinite(a))]
         if bad:
             events.append(SafetyEvent("nan_action", f"non-finite action dims {bad}: {a.tolist()}", tuple(bad)))
-        values = {}
-        for key in ("eef_pos", "joint_pos"):
-            if key not in obs:
-                raise KeyError(f"safety filter: the reading has no {key!r} (has {sorted(obs)})")
-            values[key] = np.asarray(obs[key], dtype=np.float64)
+        values = {key: self._value(obs, key) for key in self._keys}
         bad = [k for k, v in values.items() if not np.all(np.isfinite(v))]
         if bad:
             events.append(SafetyEvent("nan_reading", f"non-finite reading of {bad}", tuple(bad)))
@@ -284,7 +307,31 @@ class SafetyFilter:
                 )
         return events
 
-    def _clamp(self, a: np.ndarray, eef_pos: np.ndarray, events: list[SafetyEvent]) -> np.ndarray:
+    def _value(self, obs: Mapping[str, Any], key: str) -> np.ndarray:
+        if key not in obs:
+            raise KeyError(f"safety filter: the reading has no {key!r} (has {sorted(obs)})")
+        return np.asarray(obs[key], dtype=np.float64).reshape(-1)
+
+    def _observe(self, obs: Mapping[str, Any]) -> None:
+        """Joint spaces: keep the newest finite reading of the action dims, and anchor the last sent
+        action to it at the first call of a run."""
+        if not self._absolute:
+            return
+        q, grip = self._value(obs, "joint_pos"), self._value(obs, "gripper_pos")
+        if len(q) != len(self._jl_low) or len(grip) != 1:
+            raise ValueError(
+                f"safety filter: joint_pos has {len(q)} joints and gripper_pos {len(grip)} values; profile "
+                f"{self.profile.name!r} has {len(self._jl_low)} joints and one gripper"
+            )
+        present = np.concatenate([q, grip])
+        if not np.all(np.isfinite(present)):
+            return
+        self._present = present
+        if not self._anchored:
+            self.last_action = present.copy()
+            self._anchored = True
+
+    def _clamp(self, a: np.ndarray, eef_pos: np.ndarray | None, events: list[SafetyEvent]) -> np.ndarray:
         out = self.spec.clip(a.copy())
         outside = (a < self._low - _EPS) | (a > self._high + _EPS)
         self._note(events, "action_limit", a, out, outside)
@@ -306,8 +353,10 @@ class SafetyFilter:
             out[g] = last[g] if self._g_discrete else last[g] + np.sign(out[g] - last[g]) * gl.max_delta
         self._note(events, "gripper_rate", before, out)
 
+        if eef_pos is None:
+            return out
         before = out.copy()
-        mpu = self.profile.workspace.metres_per_unit
+        mpu = self.profile.workspace.metres_per_unit  # type: ignore[union-attr]  # eef_pos only with a workspace
         lo = np.minimum((self._ws_low - eef_pos) / mpu, 0.0)  # outside below: no further down
         hi = np.maximum((self._ws_high - eef_pos) / mpu, 0.0)
         out[self._ws_idx] = np.clip(out[self._ws_idx], lo, hi)
@@ -331,7 +380,12 @@ class SafetyFilter:
             events.append(SafetyEvent(kind, detail + extra, dims))
 
     def _rest_action(self, gripper: float) -> np.ndarray:
-        rest = np.clip(np.zeros(self.spec.dim), self._low, self._high)
+        """The hold action with ``gripper`` before any reading: zero arm motion, or the home joints."""
+        if self._absolute:
+            rest = np.zeros(self.spec.dim)
+            rest[self._arm] = self.profile.home.joint_pos
+        else:
+            rest = np.clip(np.zeros(self.spec.dim), self._low, self._high)
         rest[self._g] = gripper
         return rest
 

@@ -251,11 +251,11 @@ def test_commands_and_connection_are_checked(clock):
 
 def test_registry_errors_name_the_known_drivers_and_profiles(panda):
     assert {"mock", "robosuite"} <= set(known_drivers())
-    with pytest.raises(ValueError, match=r"unknown driver 'franka'; known drivers: mock, robosuite"):
+    with pytest.raises(ValueError, match=r"unknown driver 'franka'; known drivers: .*\bmock, robosuite\b"):
         make_driver("franka")
     with pytest.raises(ValueError, match=r"driver 'mock' has no option\(s\) \['hz'\]; its options: .*latency_s"):
         make_driver("mock", hz=20)
-    with pytest.raises(ValueError, match=r"unknown hardware profile 'so100'; known profiles: \['robosuite_panda'"):
+    with pytest.raises(ValueError, match=r"unknown hardware profile 'so100'; known profiles: \[.*'robosuite_panda'"):
         make_driver("mock", profile="so100")
     six = dataclasses.replace(
         panda,
