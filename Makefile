@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint format bench real-env clean
+.PHONY: demo test test-slow lint format bench real-env browser-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -38,6 +38,10 @@ bench: $(STAMP)           ## speed benchmarks; results land in benchmarks/result
 real-env:                 ## lerobot drivers + LeRobotDataset in their own env (pins an older CUDA torch)
 	test -x .venv-real/bin/python || python3 -m venv .venv-real
 	.venv-real/bin/pip install -e ".[real,dev,sim]"
+
+browser-deps:             ## Debian's chromium + chromedriver for the status-page test (needs root or sudo)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  ( $$(command -v sudo) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$(command -v sudo) apt-get install -y -qq chromium chromium-driver )
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -271,16 +271,16 @@ async def _broadcast(app: web.Application) -> None:
         if not records:
             continue
         text = json.dumps({"type": "records", "records": records})
+        await asyncio.gather(*(_send(app, ws, text) for ws in clients))
 
-        async def send(ws: web.WebSocketResponse) -> None:
-            try:
-                await asyncio.wait_for(ws.send_str(text), WS_SEND_TIMEOUT_S)
-            except (asyncio.TimeoutError, ConnectionError, RuntimeError):
-                app["ws_clients"].discard(ws)  # too slow or gone: drop it, never wait on it
-                with contextlib.suppress(Exception):
-                    await ws.close()
 
-        await asyncio.gather(*(send(ws) for ws in clients))
+async def _send(app: web.Application, ws: web.WebSocketResponse, text: str) -> None:
+    try:
+        await asyncio.wait_for(ws.send_str(text), WS_SEND_TIMEOUT_S)
+    except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+        app["ws_clients"].discard(ws)  # too slow or gone: drop it, never wait on it
+        with contextlib.suppress(Exception):
+            await ws.close()
 
 
 async def _watchdog(app: web.Application, period_s: float) -> None:

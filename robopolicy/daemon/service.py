@@ -221,7 +221,9 @@ class Daemon:
                 recorder=rec,
                 telemetry_listener=self._publish,
             )
-            info = EpisodeInfo(index, str(self.checkpoint), cfg.seed, int(cfg.max_ticks or 0), str(run_dir), time.time())
+            info = EpisodeInfo(
+                index, str(self.checkpoint), cfg.seed, int(cfg.max_ticks or 0), str(run_dir), time.time()
+            )
             self._controller, self._recorder, self.current = ctl, rec, info
             self._state, self._reason = "running", None
             self._thread = threading.Thread(target=self._run, args=(ctl, rec, info), name="daemon-episode", daemon=True)
