@@ -1,7 +1,8 @@
 """Arm drivers: the :class:`Driver` contract, its errors, and the registry.
 
-``make_driver("mock" | "robosuite", **options)`` builds one; the driver modules are imported on
-first use (``robosuite`` needs the ``sim`` extra only when it connects).
+``make_driver("mock" | "robosuite" | "so101" | "so100" | "koch" | "lerobot", **options)`` builds
+one; the driver modules are imported on first use (``robosuite`` needs the ``sim`` extra only when
+it connects, the lerobot drivers need lerobot, in the ``real`` env, only when they connect).
 """
 
 from robopolicy.control.drivers.base import (

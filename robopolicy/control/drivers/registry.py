@@ -15,8 +15,12 @@ from robopolicy.control.drivers.base import Driver
 _REGISTRY: dict[str, type[Driver]] = {}
 
 BUILTIN_DRIVERS: dict[str, str] = {
+    "koch": "robopolicy.control.drivers.lerobot",
+    "lerobot": "robopolicy.control.drivers.lerobot",
     "mock": "robopolicy.control.drivers.mock",
     "robosuite": "robopolicy.control.drivers.robosuite",
+    "so100": "robopolicy.control.drivers.lerobot",
+    "so101": "robopolicy.control.drivers.lerobot",
 }
 """Built-in driver name -> the module that registers it."""
 
