@@ -4,6 +4,8 @@
     robopolicy data validate PATH [--deep]
     robopolicy data repair PATH [--dry-run]
     robopolicy data import {robomimic,lerobot,zarr} SRC --out DST [--overwrite] [--zarr-format 2|3]
+                          [--video-backend auto|torchcodec|pyav]
+    robopolicy data export lerobot STORE --out DIR [--video/--no-video] [--vcodec C] [--repo-id ID]
 
 ``validate`` exits 0 when the store is OK (notes, e.g. an incomplete generation, do not fail it),
 1 when it found problems (each names the field, chunk or entry), 2 on a usage error, a path that
@@ -66,8 +68,23 @@ exit codes:
 """
 
 
+EXPORT_HELP = """\
+Write an episode store as a LeRobotDataset v3 folder with lerobot's own writer
+(LeRobotDataset.create / add_frame / save_episode / finalize): needs lerobot, i.e. the real
+environment (make real-env). Nothing is sent to the Hugging Face Hub.
+
+Fields: image.<cam> -> observation.images.<cam>, state -> observation.state, action -> action,
+reward / done -> next.reward / next.done, other fields <x> -> observation.<x>. fps is the
+store's control_rate; each episode's task is its metadata's task. The rest of the episode
+metadata (seed, success, ...) goes to meta/robopolicy.json, which `data import lerobot` reads
+back. Videos are lossy (AV1 by default); --no-video stores lossless PNG images.
+
+--out must not exist: the dataset is written to a hidden sibling and renamed when complete.
+"""
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("data", help="inspect, validate, repair and import episode stores (Zarr)")
+    p = subparsers.add_parser("data", help="inspect, validate, repair, import and export episode stores (Zarr)")
     sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     sub.required = True
 
@@ -102,7 +119,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("--out", required=True, help="destination store path (.zarr)")
     imp.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     imp.add_argument("--zarr-format", type=int, choices=[2, 3], default=3, help="Zarr format to write (default 3)")
+    imp.add_argument(
+        "--video-backend",
+        choices=["auto", "torchcodec", "pyav"],
+        default="auto",
+        help="lerobot only: video decoder (default auto: torchcodec where it loads, else pyav)",
+    )
     imp.set_defaults(func=cmd_import)
+
+    exp = sub.add_parser(
+        "export",
+        help="write a store as a LeRobotDataset v3 folder (lerobot's own writer; the real env)",
+        description=EXPORT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    exp.add_argument("format", choices=["lerobot"], help="target format")
+    exp.add_argument("store", help="episode store path (.zarr)")
+    exp.add_argument("--out", required=True, help="new dataset folder (must not exist; nothing is replaced)")
+    exp.add_argument(
+        "--video",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cameras as MP4 videos (default) or, with --no-video, PNG images (lossless)",
+    )
+    exp.add_argument(
+        "--vcodec",
+        choices=["libsvtav1", "h264"],
+        default="libsvtav1",
+        help="video codec (default libsvtav1, lerobot's default: AV1, lossy)",
+    )
+    exp.add_argument("--repo-id", help="dataset name recorded by lerobot (default local/<out name>)")
+    exp.add_argument("--fields", help="comma-separated fields to export (default all)")
+    exp.add_argument("--fps", type=int, help="frames per second (default: the store's control_rate)")
+    exp.add_argument("--robot-type", help="robot_type recorded in meta/info.json (e.g. so101_follower)")
+    exp.add_argument("--task", default="", help="task text for episodes whose metadata has none")
+    exp.set_defaults(func=cmd_export)
 
 
 def codec_str(c: object) -> str:
@@ -300,6 +351,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     src = Path(args.src)
     if not src.exists():
         raise FileNotFoundError(f"source not found: {src}")
+    if args.video_backend != "auto" and args.format != "lerobot":
+        raise ValueError(f"--video-backend applies to lerobot imports only, not {args.format}")
     check_output_dir(dst, "store", overwrite=args.overwrite)  # a file or a folder of other files is refused
     if src.resolve() == dst.resolve():
         raise ValueError(f"--out {dst} is the source itself; import into another path")
@@ -311,7 +364,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     try:
-        store = IMPORTERS[args.format](src, partial, zarr_format=args.zarr_format, progress=progress)
+        kw = {"video_backend": None if args.video_backend == "auto" else args.video_backend}
+        kw = kw if args.format == "lerobot" else {}
+        store = IMPORTERS[args.format](src, partial, zarr_format=args.zarr_format, progress=progress, **kw)
         n_ep, n_steps = store.n_episodes, store.n_steps
     except ImportError as e:
         discard(partial)
@@ -323,4 +378,44 @@ def cmd_import(args: argparse.Namespace) -> int:
         bar.close()
     swap_in(partial, dst)  # the old store stays whole until the new one is complete
     print(f"imported {n_ep} episodes ({n_steps} steps) from {src} into {dst}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from robopolicy.data.exporters import EXPORTERS
+
+    out = Path(args.out)
+    if out.exists() or out.is_symlink():
+        raise ValueError(f"output {out} already exists; export into a new folder (nothing is replaced)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a partly written tail is ignored (read-only)
+        store = EpisodeStore.open(args.store, mode="r")
+    bar = tqdm(desc=f"export {args.format}", unit="ep", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        EXPORTERS[args.format](
+            store,
+            out,
+            use_videos=args.video,
+            vcodec=args.vcodec,
+            repo_id=args.repo_id,
+            fields=args.fields.split(",") if args.fields else None,
+            fps=args.fps,
+            robot_type=args.robot_type,
+            task=args.task,
+            progress=progress,
+        )
+    except (ImportError, FileExistsError) as e:
+        raise ValueError(str(e)) from None
+    finally:
+        bar.close()
+        store.close()
+    kind = f"{args.vcodec} videos" if args.video else "PNG images"
+    print(f"exported {store.n_episodes} episodes ({store.n_steps} steps, cameras as {kind}) from {args.store} to {out}")
     return 0
