@@ -513,7 +513,7 @@ def test_run_command_on_the_mock_arm_writes_everything(checkpoint, tmp_path, cap
     "overrides,message",
     [
         ({"--checkpoint": "/nonexistent/run"}, "checkpoint not found: /nonexistent/run"),
-        ({"--driver": "ur5"}, "unknown driver 'ur5'; known drivers: mock, robosuite"),
+        ({"--driver": "ur5"}, "unknown driver 'ur5'; known drivers: koch, lerobot, mock, robosuite, so100, so101"),
         ({"--hz": "0"}, "--hz must be > 0"),
         ({"--video": None}, "--video needs --driver robosuite"),
         ({"--driver-option": "warp=9"}, "driver 'mock' has no option(s) ['warp']"),
