@@ -120,7 +120,7 @@ def video_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     """An episode store as our recorders write it: state, eef_pos, action (with a spec), reward,
-    two cameras, per-episode metadata with task text, seed and success."""
+    done (bool), joint_pos (float64), two cameras, per-episode metadata with task text, seed and success."""
     path = tmp_path_factory.mktemp("store") / "s.zarr"
     spec = ActionSpec(("dx", "dy"), (-1.0, -1.0), (1.0, 1.0))
     s = EpisodeStore.create(path, control_rate=10, action_spec=spec, source="test")
@@ -132,6 +132,8 @@ def store(tmp_path_factory) -> Path:
                 "eef_pos": rng.standard_normal((length, 3)).astype(np.float32),
                 "action": rng.uniform(-1, 1, (length, 2)).astype(np.float32),
                 "reward": rng.random((length, 1)).astype(np.float32),
+                "done": np.arange(length)[:, None] == length - 1,  # bool
+                "joint_pos": rng.standard_normal((length, 6)),  # float64, kept through the round trip
                 "image.front": np.stack([pattern(t, e) for t in range(length)]),
                 "image.wrist": np.stack([pattern(t, e + 1)[::-1] for t in range(length)]),
             },
@@ -211,6 +213,7 @@ def test_export_images_reads_back_exact(store, tmp_path):
     for field, key in [("state", "observation.state"), ("eef_pos", "observation.eef_pos"), ("action", "action")]:
         np.testing.assert_array_equal(frames_of(ds, key), s[field][:])
     np.testing.assert_array_equal(frames_of(ds, "next.reward").reshape(-1, 1), s["reward"][:])
+    np.testing.assert_array_equal(frames_of(ds, "next.done").reshape(-1, 1), s["done"][:])
     for cam in ("front", "wrist"):
         np.testing.assert_array_equal(frames_of(ds, f"observation.images.{cam}"), s[f"image.{cam}"][:])
     episodes = [int(ds[i]["episode_index"]) for i in range(len(ds))]
@@ -236,7 +239,7 @@ def test_export_video_reads_back_close_and_round_trips(store, tmp_path):
     import_lerobot(out, tmp_path / "back.zarr", video_backend="pyav")  # round trip
     b = EpisodeStore.open(tmp_path / "back.zarr")
     assert b.keys() == s.keys() and list(b.episode_lengths) == list(s.episode_lengths)
-    for field in ("state", "eef_pos", "action", "reward"):
+    for field in ("state", "eef_pos", "action", "reward", "done", "joint_pos"):
         np.testing.assert_array_equal(b[field][:], s[field][:])
         assert b[field].dtype == s[field].dtype
     np.testing.assert_array_equal(b["image.front"][:], frames_of(ds, "observation.images.front"))

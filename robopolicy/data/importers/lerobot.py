@@ -4,7 +4,7 @@ lerobot pins its own torch and must never be installed in the main environment. 
 (``reader=``):
 
 * ``"lerobot"`` (lerobot importable: its own env, ``make real-env``): low-dim and image columns
-  through ``LeRobotDataset.hf_dataset``, video frames through lerobot's ``decode_video_frames``
+  through ``LeRobotDataset.hf_dataset`` (cast to the stored dtypes), video frames through lerobot's ``decode_video_frames``
   with the chosen ``video_backend`` -- the frames ``LeRobotDataset[i]`` returns.
 * ``"pyarrow"`` (no lerobot; ``pyarrow`` importable): the v3 files read directly
   (``meta/info.json``, ``meta/episodes/``, ``data/chunk-*/file-*.parquet``). Video features
@@ -86,7 +86,9 @@ def default_video_backend() -> str:
 
 
 def _to_hwc_uint8(a: np.ndarray) -> np.ndarray:
-    """(T, C, H, W) float [0, 1] or (T, H, W, C) uint8 -> (T, H, W, C) uint8."""
+    """(T, C, H, W) float [0, 1], (T, H, W, C) or (T, H, W) uint8 -> (T, H, W, C) uint8."""
+    if a.ndim == 3:  # single-channel PNGs
+        a = a[..., None]
     if a.ndim == 4 and a.shape[1] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
         a = a.transpose(0, 2, 3, 1)
     if a.dtype != np.uint8:
@@ -148,7 +150,9 @@ def _episodes_with_lerobot(root: Path, info: dict, video_backend: str, tolerance
     from lerobot.datasets.video_utils import decode_video_frames
 
     ds = LeRobotDataset(repo_id=root.name, root=root, video_backend=video_backend, tolerance_s=tolerance_s)
-    hf = ds.hf_dataset
+    # Python objects, cast to each feature's dtype below: lerobot's torch transform and datasets'
+    # numpy format both turn float64 into float32.
+    hf = ds.hf_dataset.with_format(None)
     video_keys = set(ds.meta.video_keys)
     keys = [k for k in ds.meta.features if k not in BOOKKEEPING]
     n_eps = ds.meta.total_episodes
@@ -175,7 +179,7 @@ def _episodes_with_lerobot(root: Path, info: dict, video_backend: str, tolerance
                     batches.append(_to_hwc_uint8(frames.numpy()))
                 ep[field] = np.concatenate(batches)
             elif ds.meta.features[k]["dtype"] == "image":
-                ep[field] = _to_hwc_uint8(np.stack([np.asarray(v) for v in rows[k]]))
+                ep[field] = _to_hwc_uint8(np.stack([np.asarray(v) for v in rows[k]]))  # PNG: uint8 HWC
             else:
                 ep[field] = _low_dim(rows[k], ds.meta.features[k])
         task = ds.meta.tasks.iloc[int(np.asarray(rows["task_index"][0]))].name
