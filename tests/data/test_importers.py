@@ -116,6 +116,14 @@ def test_lerobot_without_lerobot_is_a_clear_error(tmp_path):
         import_lerobot(tmp_path, tmp_path / "o.zarr")
 
 
+def test_lerobot_v21_is_refused_naming_the_converter(tmp_path):
+    (tmp_path / "ds" / "meta").mkdir(parents=True)
+    (tmp_path / "ds" / "meta" / "info.json").write_text(json.dumps({"codebase_version": "v2.1", "fps": 10}))
+    with pytest.raises(ValueError, match="v2.1, not v3.*convert_dataset_v21_to_v30"):
+        import_lerobot(tmp_path / "ds", tmp_path / "o.zarr")
+    assert not (tmp_path / "o.zarr").exists()
+
+
 @pytest.mark.real
 def test_lerobot_v3_folder(tmp_path):
     """Needs lerobot (its own env): write a tiny LeRobotDataset and import it."""

@@ -334,13 +334,18 @@ def import_lerobot(
     if video_backend is not None and video_backend not in VIDEO_BACKENDS:
         raise ValueError(f"video_backend must be one of {VIDEO_BACKENDS}, got {video_backend!r}")
     info = json.loads((root / "meta" / "info.json").read_text())
+    version = str(info.get("codebase_version", "?"))
+    if not version.startswith("v3"):
+        raise ValueError(
+            f"{root} is a LeRobotDataset {version}, not v3; convert it first with lerobot's "
+            "python -m lerobot.datasets.v30.convert_dataset_v21_to_v30"
+        )
     chosen = _choose_reader(reader)
     if chosen == "lerobot":
         backend = video_backend or default_video_backend()
         if backend == "torchcodec" and not torchcodec_loads():
             raise ValueError("video_backend 'torchcodec' does not load here (no system FFmpeg libraries?); use 'pyav'")
-        if "data_path" in info:  # v3: refuse a partial folder before lerobot would go to the Hub
-            _check_local(root, info, _read_episodes_meta(root))
+        _check_local(root, info, _read_episodes_meta(root))  # a partial folder: before lerobot tries the Hub
         episodes = _episodes_with_lerobot(root, info, backend, tolerance_s)
     else:
         if video_backend not in (None, "pyav"):
