@@ -26,6 +26,7 @@ from lerobot.datasets import lerobot_dataset as lerobot_dataset_module  # noqa: 
 from lerobot.datasets.lerobot_dataset import LeRobotDataset  # noqa: E402
 
 from robopolicy.data.exporters.lerobot import export_lerobot  # noqa: E402
+from robopolicy.data.importers import lerobot as importer  # noqa: E402
 from robopolicy.data.importers.lerobot import (  # noqa: E402
     VIDEO_BACKENDS,
     default_video_backend,
@@ -159,7 +160,8 @@ def test_default_video_backend_decodes_here(video_dataset):
 
 
 @pytest.mark.parametrize("reader", ["lerobot", "pyarrow"])
-def test_import_video_dataset_equals_lerobot_pyav(video_dataset, tmp_path, reader):
+def test_import_video_dataset_equals_lerobot_pyav(video_dataset, tmp_path, reader, monkeypatch):
+    monkeypatch.setattr(importer, "VIDEO_BATCH", 3)  # batches start mid-episode: seek to a key frame there
     import_lerobot(video_dataset, tmp_path / "o.zarr", video_backend="pyav", reader=reader)
     s = EpisodeStore.open(tmp_path / "o.zarr")
     ds = LeRobotDataset("local/vid", root=video_dataset, video_backend="pyav")
