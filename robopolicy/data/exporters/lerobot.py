@@ -34,8 +34,8 @@ from robopolicy.types import IMAGE_PREFIX
 
 SIDECAR = "meta/robopolicy.json"
 # lerobot 0.4's codec names whose videos lerobot reads back here (h264 = libx264 in PyAV). Not
-# offered: "hevc" (libx265 writes it, but lerobot's pyav decoder then misses frames:
-# FrameTimestampError) and "auto" (a hardware encoder where one exists, untested).
+# offered: "hevc" (libx265 writes it, but on a 32 px, 10 fps test lerobot's pyav decoder could
+# not find a frame of it: FrameTimestampError) and "auto" (a hardware encoder where one exists, untested).
 VCODECS = ("libsvtav1", "h264")
 RENAME = {"state": "observation.state", "action": "action", "reward": "next.reward", "done": "next.done"}
 
