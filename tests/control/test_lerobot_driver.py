@@ -153,7 +153,7 @@ def test_hold_sends_the_present_position_with_the_last_gripper_command(calib):
 )
 def test_errors_become_driver_errors(calib, error, cls):
     robot = FakeRobot(calib)
-    drv = _driver(robot, read_retries=1)
+    drv = _driver(robot, retries=1)
     drv.connect()
     robot.bus.fail = error
     with pytest.raises(cls, match="so101: read"):

@@ -162,7 +162,8 @@ class LerobotDriver(Driver):
         max_relative_ticks: lerobot's ``max_relative_target`` per motor, in ticks of ``max_delta``
             (None: not set).
         disable_torque_on_disconnect: let the arm go limp on :meth:`disconnect` (lerobot's default).
-        read_retries: extra tries of a failed read before it is an error.
+        retries: extra tries of a failed bus exchange (a read, or a write's read of the present
+            position for ``max_relative_target``) before it is an error.
         tracking_tolerance: [rad] a joint this far from its last target for ``tracking_timeout_s``
             is a fault (None: not checked).
         robot: an already built lerobot ``Robot`` (or a stand-in with its interface) instead of one
@@ -185,7 +186,7 @@ class LerobotDriver(Driver):
         robot_type: str | None = None,
         max_relative_ticks: float | None = 5.0,
         disable_torque_on_disconnect: bool = False,
-        read_retries: int = 1,
+        retries: int = 1,
         tracking_tolerance: float | None = 0.35,
         tracking_timeout_s: float = 0.5,
         robot: Any = None,
@@ -212,7 +213,7 @@ class LerobotDriver(Driver):
         self.robot_type = robot_type or self.default_robot_type or p.lerobot.robot_type
         self.max_relative_ticks = max_relative_ticks
         self.disable_torque_on_disconnect = disable_torque_on_disconnect
-        self.read_retries = int(read_retries)
+        self.retries = int(retries)
         self.tracking_tolerance = tracking_tolerance
         self.tracking_timeout_s = float(tracking_timeout_s)
         self.robot = robot
@@ -318,16 +319,8 @@ class LerobotDriver(Driver):
 
     def read(self) -> Reading:
         self._require_connected()
-        for attempt in range(self.read_retries + 1):
-            t = self._clock()
-            try:
-                with driver_errors(self.name, "read"):
-                    raw = self.robot.get_observation()
-                break
-            except (ReadTimeout, FaultDetected) as e:
-                if attempt == self.read_retries:
-                    raise
-                log.debug("%s: read failed (%s), retrying", self.name, e)
+        t = self._clock()
+        raw = self._retry("read", self.robot.get_observation)
         present = self.from_lerobot(raw)
         obs = {
             "joint_pos": present[:-1].astype(np.float32),
@@ -347,8 +340,7 @@ class LerobotDriver(Driver):
     def write(self, action: np.ndarray) -> None:
         self._require_connected()
         a = self.check_action(action)
-        with driver_errors(self.name, "write"):
-            self.robot.send_action(self.to_lerobot(a))
+        self._retry("write", lambda: self.robot.send_action(self.to_lerobot(a)))
         self._target = a
 
     def hold(self) -> None:
@@ -386,6 +378,18 @@ class LerobotDriver(Driver):
             log.warning("%s", e)
 
     # ------------------------------------------------------------------ helpers
+    def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
+        """``fn()``, tried ``1 + retries`` times while the bus times out or answers garbage."""
+        for attempt in range(self.retries + 1):
+            try:
+                with driver_errors(self.name, what):
+                    return fn()
+            except (ReadTimeout, FaultDetected) as e:
+                if attempt == self.retries:
+                    raise
+                log.debug("%s: %s failed (%s), retrying", self.name, what, e)
+        raise AssertionError("unreachable")
+
     def _read_present(self) -> np.ndarray:
         with driver_errors(self.name, "hold: reading the present position"):
             bus = getattr(self.robot, "bus", None)
