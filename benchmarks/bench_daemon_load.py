@@ -187,7 +187,9 @@ def main() -> int:
             )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
-    print(f"\n{'priority':8s} {'condition':9s} {'ticks':>6s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s} {'misses':>6s}")
+    print(
+        f"\n{'priority':8s} {'condition':9s} {'ticks':>6s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s} {'misses':>6s}"
+    )
     for r in out["runs"]:
         print(
             f"{r['priority']:8s} {r['condition']:9s} {r['ticks']:6d} {r['lateness_ms_p50']:8.3f} "

@@ -857,24 +857,24 @@ class Controller:
         self._ready.append(ready)
         self._chunks += 1
         crec = ChunkRecord(
-                chunk=self._chunks - 1,
-                obs_tick=req.obs_tick,
-                available_tick=tick,
-                delay_ticks=tick - req.obs_tick,
-                delay_requested=req.delay,
-                executed=req.executed,
-                frozen=len(req.frozen),
-                inference_ms=res.inference_s * 1e3,
-                injected_ms=res.injected_s * 1e3,
-                ready_ms=ready * 1e3,
-                merged=merge.merged,
-                stale_dropped=merge.stale,
-                takeover_tick=merge.takeover_tick,
-                jump=None if merge.jump is None else merge.jump.norm,
-                nfe=None if res.info.get("nfe") is None else int(res.info["nfe"]),  # type: ignore[arg-type]
-                energy=res.info.get("energy"),
-                value=res.info.get("value"),
-            )
+            chunk=self._chunks - 1,
+            obs_tick=req.obs_tick,
+            available_tick=tick,
+            delay_ticks=tick - req.obs_tick,
+            delay_requested=req.delay,
+            executed=req.executed,
+            frozen=len(req.frozen),
+            inference_ms=res.inference_s * 1e3,
+            injected_ms=res.injected_s * 1e3,
+            ready_ms=ready * 1e3,
+            merged=merge.merged,
+            stale_dropped=merge.stale,
+            takeover_tick=merge.takeover_tick,
+            jump=None if merge.jump is None else merge.jump.norm,
+            nfe=None if res.info.get("nfe") is None else int(res.info["nfe"]),  # type: ignore[arg-type]
+            energy=res.info.get("energy"),
+            value=res.info.get("value"),
+        )
         self.telemetry.chunk(crec)  # type: ignore[union-attr]
         if self.recorder is not None:
             self.recorder.chunk(crec, res.chunk)  # type: ignore[arg-type]
