@@ -39,6 +39,10 @@ real-env:                 ## lerobot drivers + LeRobotDataset in their own env (
 	test -x .venv-real/bin/python || python3 -m venv .venv-real
 	.venv-real/bin/pip install -e ".[real,dev,sim]"
 
+real-test:                ## the lerobot tests (emulated SO-101 bus, LeRobotDataset, checkpoint parity) in .venv-real
+	test -x .venv-real/bin/python || $(MAKE) real-env
+	.venv-real/bin/pytest -m real tests/real
+
 browser-deps:             ## Debian's chromium + chromedriver for the status-page test (needs root or sudo)
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  ( $$(command -v sudo) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$(command -v sudo) apt-get install -y -qq chromium chromium-driver )

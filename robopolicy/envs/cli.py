@@ -4,6 +4,8 @@
         [--cameras agentview,robot0_eye_in_hand] [--workers 2] [--seed 0] [--noise 0.05] \\
         [--keep-failed] [--overwrite | --append]
     robopolicy demos record --task Lift --device keyboard --out datasets/lift_teleop.zarr [--cameras ...]
+    robopolicy demos record --driver so101 --driver-option port=/dev/ttyACM1 \
+        --teleop so101_leader --teleop-option port=/dev/ttyACM0 --out datasets/so101.zarr   (real env)
 """
 
 from __future__ import annotations
@@ -75,12 +77,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     r = sub.add_parser(
         "record",
-        help="record teleoperated demos (robosuite Keyboard / SpaceMouse; needs a display)",
+        help="record teleoperated demos: robosuite Keyboard / SpaceMouse, or a real arm led by a lerobot "
+        "leader arm (--driver, --teleop); needs a display for the keys",
         description="Keys: n = new episode, Enter = save, Backspace = discard, Esc = quit. "
-        "Appends to --out if it exists.",
+        "Appends to --out if it exists. Simulator: --task and --device. Real arm (the real env, "
+        "`make real-env`): --driver (so101, so100, koch, lerobot) with --driver-option port=... "
+        "[robot_id=... calibration_dir=...], and --teleop (default the profile's leader) with "
+        "--teleop-option port=... [teleop_id=... calibration_dir=...].",
     )
-    r.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)}")
-    r.add_argument("--device", required=True, choices=("keyboard", "spacemouse"), help="input device")
+    r.add_argument("--task", default=None, help=f"simulator: one of {', '.join(TASKS)}; real arm: the task's text")
+    r.add_argument("--device", default=None, choices=("keyboard", "spacemouse"), help="simulator input device")
+    r.add_argument("--driver", default=None, help="real arm: a lerobot driver (so101, so100, koch, lerobot)")
+    r.add_argument("--profile", default=None, help="real arm: hardware profile (default the driver's)")
+    r.add_argument(
+        "--driver-option", action="append", default=[], metavar="KEY=VALUE", help="real arm: a driver option"
+    )
+    r.add_argument("--teleop", default=None, help="real arm: lerobot leader type (default the profile's)")
+    r.add_argument(
+        "--teleop-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="real arm: a leader option (port, teleop_id, calibration_dir)",
+    )
+    r.add_argument("--max-episodes", type=int, default=None, help="stop after this many saved episodes")
     r.add_argument("--out", required=True, help="store directory (created, or appended to)")
     r.add_argument("--cameras", type=_cameras, default=(), help="comma-separated camera names to record")
     r.add_argument("--image-size", type=int, default=84)
@@ -150,19 +170,64 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _record_arm(args: argparse.Namespace) -> int:
+    from robopolicy.config import key_values
+    from robopolicy.control.drivers import make_driver
+    from robopolicy.control.teleop import KEYS_HELP, LerobotLeader, record_arm_teleop
+    from robopolicy.envs.teleop import DeviceUnavailableError, KeyboardControls
+
+    if args.device is not None:
+        raise ValueError("--device is for the simulator; a real arm is led by --teleop")
+    kwargs = key_values(args.driver_option, "--driver-option")
+    if args.profile is not None:
+        kwargs["profile"] = args.profile
+    driver = make_driver(args.driver, **kwargs)
+    topts = key_values(args.teleop_option, "--teleop-option")
+    unknown = sorted(set(topts) - {"port", "teleop_id", "calibration_dir"})
+    if unknown:
+        raise ValueError(f"--teleop-option: unknown {unknown}; options: port, teleop_id, calibration_dir")
+    leader = LerobotLeader(driver.profile, args.teleop, **topts)
+    try:
+        controls = KeyboardControls()
+    except DeviceUnavailableError as e:
+        raise ValueError(str(e)) from None
+    try:
+        print(KEYS_HELP)
+        report = record_arm_teleop(
+            driver,
+            leader,
+            controls,
+            args.out,
+            device_name=leader.teleop_type,
+            task=args.task or "",
+            operator=args.operator,
+            max_episodes=args.max_episodes,
+        )
+    finally:
+        controls.close()
+    print(json.dumps(report.__dict__))
+    return 0
+
+
 def _record(args: argparse.Namespace) -> int:
     from robopolicy.envs.availability import require_sim
     from robopolicy.envs.robosuite_env import RobosuiteEnv, task_info, validate_cameras
     from robopolicy.envs.teleop import KEYS_HELP, DeviceUnavailableError, KeyboardControls, make_device, record_teleop
     from robopolicy.outputs import is_episode_store
 
-    require_sim("demos record")
-    task_info(args.task)
-    validate_cameras(args.task, args.cameras)
     out = Path(args.out)
     if out.exists() and not is_episode_store(out):
         kind = "a file" if not out.is_dir() else "a directory that is not an episode store"
         raise ValueError(f"--out {out} is {kind}; record into a new path or an existing store")
+    if args.driver is not None:
+        return _record_arm(args)
+    if args.teleop is not None or args.driver_option or args.teleop_option:
+        raise ValueError("--teleop, --driver-option and --teleop-option need --driver (a real arm)")
+    if args.task is None or args.device is None:
+        raise ValueError("the simulator needs --task and --device (or --driver and --teleop for a real arm)")
+    require_sim("demos record")
+    task_info(args.task)
+    validate_cameras(args.task, args.cameras)
     # device errors are reported as ValueError: robopolicy.cli prints them as `error: ...`, exit 2
     try:
         controls = KeyboardControls()

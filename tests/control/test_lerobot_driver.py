@@ -37,6 +37,9 @@ class FakeBus:
             raise self.fail
         return dict(self.present)
 
+    def disable_torque(self) -> None:
+        pass
+
     def sync_write(self, name: str, values: dict[str, float]) -> None:
         assert name == "Goal_Position"
         self.goals.append(dict(values))
@@ -192,3 +195,21 @@ def test_disconnect_is_idempotent_and_reads_need_a_connection(calib):
     drv.disconnect()
     drv.disconnect()
     assert not drv.connected
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--teleop", "so101_leader"], "need --driver"),
+        ([], "the simulator needs --task and --device"),
+        (["--driver", "so101", "--device", "keyboard"], "--device is for the simulator"),
+        (["--driver", "so101"], "port= is needed"),
+        (["--driver", "so101", "--driver-option", "port=/dev/null", "--teleop-option", "baud=1"], "unknown ['baud']"),
+    ],
+)
+def test_demos_record_refuses_bad_real_arm_arguments(argv, message, tmp_path, capsys):
+    from robopolicy.cli import main
+
+    assert main(["demos", "record", "--out", str(tmp_path / "r.zarr"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r.zarr").exists()

@@ -238,6 +238,7 @@ def test_daemon_style_connect_hold_disconnect_leaves_the_arm_holding(emu, calib)
     drv.hold()  # mid-motion: stop where it is
     drv.disconnect()
     assert not drv.connected
+    time.sleep(0.05)  # the goal is the position read a few ms earlier: the servo settles back a few ticks
     held = {i: emu.servo(i).present for i in range(1, 6)}
     time.sleep(0.2)
     for i in range(1, 6):

@@ -148,6 +148,61 @@ def driver_errors(name: str, what: str) -> Iterator[None]:
         raise FaultDetected(name, f"{what}: {e}") from e
 
 
+class LerobotUnits:
+    """Our joint-space actions and readings to and from lerobot's ``{<motor>.pos: value}``, by a
+    profile's ``lerobot`` map (shared by the follower driver and the leader arm)."""
+
+    def __init__(self, profile: HardwareProfile, who: str) -> None:
+        if profile.action_kind is not ActionKind.ABSOLUTE_JOINT or profile.lerobot is None:
+            raise ValueError(
+                f"{who}: profile {profile.name!r} must have a joint action space and a lerobot map (has "
+                f"{profile.action_space!r}, lerobot map: {'yes' if profile.lerobot else 'no'}); e.g. hardware/so101.yaml"
+            )
+        self.profile, self.who, self.map = profile, who, profile.lerobot
+        self.joint_keys = [profile.lerobot.keys[j] for j in profile.joints.names]
+        self.gripper_key = profile.lerobot.keys[profile.gripper.dim]
+        self.degrees = profile.lerobot.joint_units == "degrees"
+
+    def to_lerobot(self, action: np.ndarray) -> dict[str, float]:
+        """Our action ``(J+1,)`` as lerobot's ``{<motor>.pos: value}``."""
+        q = np.degrees(action[:-1]) if self.degrees else action[:-1]
+        out = {k: float(v) for k, v in zip(self.joint_keys, q)}
+        out[self.gripper_key] = float(action[-1]) / self.map.gripper_scale
+        return out
+
+    def from_lerobot(self, values: Mapping[str, Any]) -> np.ndarray:
+        """lerobot's ``{<motor>.pos: value}`` as our ``(J+1,)`` float64 (joints [rad], gripper)."""
+        try:
+            q = np.array([values[k] for k in self.joint_keys], dtype=np.float64)
+            g = float(values[self.gripper_key]) * self.map.gripper_scale
+        except KeyError as e:
+            raise FaultDetected(self.who, f"lerobot's values have no {e.args[0]!r} (has {sorted(values)})") from None
+        return np.append(np.radians(q) if self.degrees else q, g)
+
+
+def use_stored_calibration(device: Any, who: str, command: str) -> bool:
+    """Connect a lerobot robot or teleoperator with ``calibrate=False`` from its calibration file
+    (refused without one: lerobot's calibration is interactive); write the file to the servos if
+    they disagree with it. True if it was written."""
+    fpath = Path(getattr(device, "calibration_fpath", ""))
+    if not getattr(device, "calibration", None) or not fpath.is_file():
+        raise Disconnected(
+            who,
+            f"no calibration file at {fpath}: calibrate once with `{command}` (interactive), or copy the file there",
+        )
+    with driver_errors(who, "connect"):
+        device.connect(calibrate=False)
+        if device.is_calibrated:
+            return False
+        log.warning("%s: the servos disagree with %s; writing the file to them", who, fpath)
+        device.bus.disable_torque()
+        device.bus.write_calibration(device.calibration)
+        device.configure()  # the device's own torque state again (a follower holds, a leader stays free)
+        if not device.is_calibrated:
+            raise FaultDetected(who, f"the servos do not keep the calibration of {fpath}")
+    return True
+
+
 class LerobotDriver(Driver):
     """A lerobot ``Robot`` behind the :class:`Driver` contract (module docstring).
 
@@ -196,21 +251,17 @@ class LerobotDriver(Driver):
             raise ValueError(f"{self.name}: profile= is needed (a hardware profile with a lerobot map, e.g. so101)")
         super().__init__(self.default_profile if profile is None else profile)  # type: ignore[arg-type]
         p = self.profile
-        if p.action_kind is not ActionKind.ABSOLUTE_JOINT or p.lerobot is None:
-            raise ValueError(
-                f"{self.name}: profile {p.name!r} must have a joint action space and a lerobot map "
-                f"(has {p.action_space!r}, lerobot map: {'yes' if p.lerobot else 'no'}); e.g. hardware/so101.yaml"
-            )
+        self.units = LerobotUnits(p, self.name)
         if robot is None and not port:
             raise ValueError(f"{self.name}: port= is needed (the arm's serial port, e.g. /dev/ttyACM0)")
         if max_relative_ticks is not None and not max_relative_ticks > 0:
             raise ValueError(f"{self.name}: max_relative_ticks must be > 0 or None, got {max_relative_ticks}")
-        self.lerobot_map = p.lerobot
+        self.lerobot_map = self.units.map
         self.port = port
         self.robot_id = robot_id
         self.calibration_dir = None if calibration_dir is None else Path(calibration_dir).expanduser()
         self.cameras = {k: dict(v) for k, v in (cameras or {}).items()}
-        self.robot_type = robot_type or self.default_robot_type or p.lerobot.robot_type
+        self.robot_type = robot_type or self.default_robot_type or self.lerobot_map.robot_type
         self.max_relative_ticks = max_relative_ticks
         self.disable_torque_on_disconnect = disable_torque_on_disconnect
         self.retries = int(retries)
@@ -218,9 +269,7 @@ class LerobotDriver(Driver):
         self.tracking_timeout_s = float(tracking_timeout_s)
         self.robot = robot
         self._clock = clock
-        self._joint_keys = [p.lerobot.keys[j] for j in p.joints.names]
-        self._gripper_key = p.lerobot.keys[p.gripper.dim]
-        self._degrees = p.lerobot.joint_units == "degrees"
+        self._degrees = self.units.degrees
         self._seq = 0
         self._last: Reading | None = None
         self._target: np.ndarray | None = None  # the last action written, ours
@@ -231,19 +280,11 @@ class LerobotDriver(Driver):
     # ------------------------------------------------------------------ units
     def to_lerobot(self, action: np.ndarray) -> dict[str, float]:
         """Our action ``(J+1,)`` as lerobot's ``{<motor>.pos: value}``."""
-        q = np.degrees(action[:-1]) if self._degrees else action[:-1]
-        out = {k: float(v) for k, v in zip(self._joint_keys, q)}
-        out[self._gripper_key] = float(action[-1]) / self.lerobot_map.gripper_scale
-        return out
+        return self.units.to_lerobot(action)
 
     def from_lerobot(self, values: Mapping[str, Any]) -> np.ndarray:
         """lerobot's ``{<motor>.pos: value}`` as our ``(J+1,)`` float64 (joints [rad], gripper)."""
-        try:
-            q = np.array([values[k] for k in self._joint_keys], dtype=np.float64)
-            g = float(values[self._gripper_key]) * self.lerobot_map.gripper_scale
-        except KeyError as e:
-            raise FaultDetected(self.name, f"lerobot's reading has no {e.args[0]!r} (has {sorted(values)})") from None
-        return np.append(np.radians(q) if self._degrees else q, g)
+        return self.units.from_lerobot(values)
 
     def max_relative_target(self) -> dict[str, float] | None:
         """lerobot's ``max_relative_target``: ``{motor: cap}`` in lerobot's units (floats, as it needs)."""
@@ -296,25 +337,11 @@ class LerobotDriver(Driver):
             return
         if self.robot is None:
             self.robot = self.build_robot()
-        robot = self.robot
-        fpath = Path(getattr(robot, "calibration_fpath", ""))
-        if not getattr(robot, "calibration", None) or not fpath.is_file():
-            raise Disconnected(
-                self.name,
-                f"no calibration file at {fpath}: calibrate once with `lerobot-calibrate "
-                f"--robot.type={self.robot_type} --robot.port={self.port} --robot.id={self.robot_id}"
-                + (f" --robot.calibration_dir={self.calibration_dir}`" if self.calibration_dir else "`")
-                + " (interactive), or copy the arm's file there",
-            )
-        with driver_errors(self.name, f"connect on {self.port or 'the given robot'}"):
-            robot.connect(calibrate=False)
-            if not robot.is_calibrated:
-                log.warning("%s: the servos disagree with %s; writing the file to them", self.name, fpath)
-                with robot.bus.torque_disabled():
-                    robot.bus.write_calibration(robot.calibration)
-                self.calibration_written = True
-                if not robot.is_calibrated:
-                    raise FaultDetected(self.name, f"the servos do not keep the calibration of {fpath}")
+        command = (
+            f"lerobot-calibrate --robot.type={self.robot_type} --robot.port={self.port} --robot.id={self.robot_id}"
+            + (f" --robot.calibration_dir={self.calibration_dir}" if self.calibration_dir else "")
+        )
+        self.calibration_written = use_stored_calibration(self.robot, self.name, command)
         self._last, self._target, self._off_since = None, None, {}
 
     def read(self) -> Reading:
@@ -451,10 +478,12 @@ __all__ = [
     "KochDriver",
     "LerobotDriver",
     "LerobotMissing",
+    "LerobotUnits",
     "SO100Driver",
     "SO101Driver",
     "camera_configs",
     "config_class",
     "driver_errors",
     "import_lerobot",
+    "use_stored_calibration",
 ]
