@@ -113,7 +113,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
 
     p.add_argument(
-        "--profile", default="robosuite_panda", help="hardware profile in hardware/ (default robosuite_panda)"
+        "--profile",
+        default=None,
+        help="hardware profile in hardware/ (default the driver's: robosuite_panda, so101 for so101/so100, koch)",
     )
     p.add_argument(
         "--driver-option",
@@ -222,7 +224,7 @@ def _driver(args: argparse.Namespace, policy: Any, clock: Any = None) -> Any:
     from robopolicy.control.drivers import make_driver
     from robopolicy.types import IMAGE_PREFIX
 
-    kwargs: dict[str, Any] = {"profile": args.profile}
+    kwargs: dict[str, Any] = {} if args.profile is None else {"profile": args.profile}
     if clock is not None:
         kwargs.update(clock=clock.now, sleep=clock.sleep)
     fields = policy.config.obs_spec.fields
