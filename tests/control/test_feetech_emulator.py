@@ -227,3 +227,27 @@ def test_scripted_leader_and_new_id():
             assert statuses(host.recv(expect=6))[0][0] == 7
         finally:
             host.close()
+
+
+def test_the_bus_in_a_child_process():
+    from robopolicy.control.emulator.feetech import FeetechBusProcess
+
+    with FeetechBusProcess({1: 1000, 2: 2048}) as bus:
+        host = Client(bus.port)
+        try:
+            host.send(BROADCAST_ID, PING)
+            assert [s[0] for s in statuses(host.recv(expect=12))] == [1, 2]
+            bus.inject(2, Fault.NO_REPLY)
+            host.send(2, PING)
+            assert host.recv(0.1) == b""
+            host.send(1, WRITE, [REGISTERS["Torque_Enable"][0], 1])
+            host.send(1, WRITE, [REGISTERS["Goal_Position"][0], *u16(1100)])
+            host.recv(expect=12)
+            time.sleep(0.1)
+            s = bus.servo(1)  # a copy of the child's servo
+            assert s.torque and s.present == 1100 and bus.log[-1] == (1, WRITE)
+            with pytest.raises(KeyError, match="no servo 9"):
+                bus.inject(9, Fault.STUCK)
+        finally:
+            host.close()
+    assert bus.port and bus._proc is None

@@ -25,7 +25,7 @@ pytest.importorskip("scservo_sdk")
 import tests.fixture_policy as fixture  # noqa: E402
 from robopolicy.control.controller import Controller, ControllerConfig  # noqa: E402
 from robopolicy.control.drivers import make_driver  # noqa: E402
-from robopolicy.control.emulator.feetech import Fault, FeetechBus  # noqa: E402
+from robopolicy.control.emulator.feetech import Fault, FeetechBusProcess  # noqa: E402
 from robopolicy.control.profile import load_profile  # noqa: E402
 from robopolicy.control.safety import SafetyFilter  # noqa: E402
 from robopolicy.types import FieldSpec, ObservationSpec  # noqa: E402
@@ -65,14 +65,14 @@ def write_calibration(directory: Path, robot_id: str = "follower") -> Path:
     return path
 
 
-def arm_rad(emu: FeetechBus) -> np.ndarray:
+def arm_rad(emu: FeetechBusProcess) -> np.ndarray:
     """The emulated arm's body joints [rad] as lerobot would read them."""
     return np.radians([(emu.servo(i + 1).present - MID[i]) * 360 / 4095 for i in range(5)])
 
 
 @pytest.fixture
 def emu():
-    with FeetechBus(start_positions()) as bus:
+    with FeetechBusProcess(start_positions()) as bus:
         yield bus
 
 

@@ -14,7 +14,7 @@ pytest.importorskip("lerobot")
 pytest.importorskip("scservo_sdk")
 
 from robopolicy.control.drivers import make_driver  # noqa: E402
-from robopolicy.control.emulator.feetech import FeetechBus  # noqa: E402
+from robopolicy.control.emulator.feetech import FeetechBusProcess  # noqa: E402
 from robopolicy.control.profile import load_profile  # noqa: E402
 from robopolicy.control.teleop import LerobotLeader, TimedControls, record_arm_teleop  # noqa: E402
 from robopolicy.data.store import EpisodeStore  # noqa: E402
@@ -51,7 +51,10 @@ def test_teleop_records_two_episodes_in_the_store_format(tmp_path):
         [(3, S), (33, E.SAVE), (36, S), (46, E.DISCARD), (50, S), (80, E.SAVE), (84, E.QUIT), (90, E.START)]
     )
     lines: list[str] = []
-    with FeetechBus(start_positions()) as follower_bus, FeetechBus(start_positions(), script=leader_script) as lead:
+    with (
+        FeetechBusProcess(start_positions()) as follower_bus,
+        FeetechBusProcess(start_positions(), script=leader_script) as lead,
+    ):
         driver = make_driver("so101", port=follower_bus.port, robot_id="follower", calibration_dir=calib)
         leader = LerobotLeader("so101", port=lead.port, teleop_id="leader", calibration_dir=calib)
         report = record_arm_teleop(

@@ -35,6 +35,9 @@ Faults (:class:`Fault`, :meth:`FeetechBus.inject`): ``NO_REPLY`` (the servo neit
 acts: unplugged), ``BAD_CHECKSUM`` (its answers carry a wrong checksum), ``STOP_AFTER`` (it
 answers ``after`` more packets addressed to it, then goes silent), ``STUCK`` (it answers, but its
 joint no longer moves).
+
+:class:`FeetechBusProcess` serves the same bus from a child process, so its answers never wait for
+the client process's GIL (what the lerobot tests use).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import time
 import tty
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 BROADCAST_ID = 0xFE
 INST_PING, INST_READ, INST_WRITE, INST_REG_WRITE, INST_ACTION = 1, 2, 3, 4, 5
@@ -494,11 +498,114 @@ class FeetechBus:
                     self.faults[servo.id] = self.faults.pop(old)
 
 
+class FeetechBusProcess:
+    """A :class:`FeetechBus` served from a forked child process, with the same methods (each a
+    round trip over a pipe; :meth:`servo` returns a copy).
+
+    In-process, the bus thread answers only when it gets the GIL: a client thread that holds it
+    (a garbage collection, a busy loop) for longer than lerobot's 50 ms packet timeout sees "no
+    status packet". Real servos answer regardless, and so does this one.
+    """
+
+    def __init__(
+        self,
+        positions: Mapping[int, float],
+        speed: float = 3000.0,
+        script: Callable[[float], Mapping[int, float]] | None = None,
+    ) -> None:
+        self._args = (dict(positions), float(speed), script)
+        self._conn: Any = None
+        self._proc: Any = None
+        self.port = ""
+
+    def start(self) -> FeetechBusProcess:
+        import multiprocessing
+
+        if self._proc is not None:
+            return self
+        ctx = multiprocessing.get_context("fork")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve_child, args=(child, *self._args), daemon=True, name="feetech-emulator")
+        self._proc.start()
+        child.close()
+        self.port = self._call("port")
+        return self
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        try:
+            self._call("stop")
+        except (EOFError, OSError):
+            pass
+        self._proc.join(timeout=2.0)
+        if self._proc.is_alive():
+            self._proc.kill()
+        self._conn.close()
+        self._proc = self._conn = None
+
+    def __enter__(self) -> FeetechBusProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _call(self, name: str, *args: Any) -> Any:
+        if self._conn is None:
+            raise RuntimeError("feetech emulator: not started")
+        self._conn.send((name, args))
+        ok, value = self._conn.recv()
+        if not ok:
+            raise value
+        return value
+
+    def servo(self, id_: int) -> Servo:
+        """A copy of servo ``id_`` as it is now."""
+        return self._call("servo", id_)
+
+    def drive(self, id_: int, position: float) -> None:
+        self._call("drive", id_, position)
+
+    def inject(self, id_: int, kind: Fault, after: int = 0) -> None:
+        self._call("inject", id_, kind, after)
+
+    def clear(self, id_: int | None = None) -> None:
+        self._call("clear", id_)
+
+    @property
+    def log(self) -> list[tuple[int, int]]:
+        return self._call("log")
+
+    @property
+    def bad_packets(self) -> int:
+        return self._call("bad_packets")
+
+
+def _serve_child(conn: Any, positions: dict[int, float], speed: float, script: Any) -> None:
+    """The child of :class:`FeetechBusProcess`: a bus, and its methods served over ``conn``."""
+    bus = FeetechBus(positions, speed, script).start()
+    while True:
+        try:
+            name, args = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            break
+        if name == "stop":
+            conn.send((True, None))
+            break
+        try:
+            attr = getattr(bus, name)
+            conn.send((True, attr(*args) if callable(attr) else attr))
+        except Exception as e:  # sent to the parent, raised there
+            conn.send((False, e))
+    bus.stop()
+
+
 __all__ = [
     "BROADCAST_ID",
     "REGISTERS",
     "SIGN_BITS",
     "FeetechBus",
+    "FeetechBusProcess",
     "Fault",
     "Servo",
     "checksum",
