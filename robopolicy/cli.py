@@ -19,6 +19,7 @@ COMMANDS = [
     ("import-checkpoint", "robopolicy.checkpoints.cli"),
     ("run", "robopolicy.control.cli"),
     ("daemon", "robopolicy.daemon.cli"),
+    ("emulate-arm", "robopolicy.control.emulator.cli"),
 ]
 
 

@@ -251,3 +251,31 @@ def test_the_bus_in_a_child_process():
         finally:
             host.close()
     assert bus.port and bus._proc is None
+
+
+def test_emulate_arm_command_serves_a_linked_port_and_cleans_up(tmp_path):
+    import json
+    import signal
+
+    from robopolicy.control.emulator.cli import SO101_MOTORS
+    from tests.cli_subprocess import cli
+
+    link = tmp_path / "so101"
+    proc = cli("emulate-arm", "so101", "--link", str(link), "--leader", "--calibration-dir", str(tmp_path / "cal"))
+    try:
+        lines = [proc.stdout.readline() for _ in range(4)]
+        assert lines[-1].startswith("serving"), lines
+        for path in (link, tmp_path / "so101-leader"):
+            assert path.is_symlink() and os.readlink(path).startswith("/dev/pts/")
+            c = Client(str(path))
+            try:
+                c.send(BROADCAST_ID, PING)  # the six servos of an SO-101 answer
+                assert [s[0] for s in statuses(c.recv(expect=36))] == [1, 2, 3, 4, 5, 6]
+            finally:
+                c.close()
+        cal = json.loads((tmp_path / "cal" / "follower.json").read_text())
+        assert list(cal) == list(SO101_MOTORS) and cal["gripper"]["id"] == 6
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    assert proc.returncode == 0 and not link.exists() and not (tmp_path / "so101-leader").exists()
