@@ -37,11 +37,11 @@ bench: $(STAMP)           ## speed benchmarks; results land in benchmarks/result
 
 real-env:                 ## lerobot drivers + LeRobotDataset in their own env (pins an older CUDA torch)
 	test -x .venv-real/bin/python || python3 -m venv .venv-real
-	.venv-real/bin/pip install -e ".[real,dev,sim]"
+	.venv-real/bin/pip install --quiet -e ".[real,dev,sim]"
 
 real-test:                ## the lerobot tests (emulated SO-101 bus, LeRobotDataset, checkpoint parity) in .venv-real
 	test -x .venv-real/bin/python || $(MAKE) real-env
-	.venv-real/bin/pytest -m real tests/real
+	HF_HUB_OFFLINE=1 MUJOCO_GL=egl .venv-real/bin/pytest -q -m real tests/real tests/data/test_importers.py
 
 browser-deps:             ## Debian's chromium + chromedriver for the status-page test (needs root or sudo)
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
