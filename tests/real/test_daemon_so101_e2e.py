@@ -9,7 +9,9 @@ lerobot's unmodified SO-101 follower and leader talk to emulated Feetech buses. 
    emulated bus's port), loads the checkpoint, runs an episode, and checks that the arm moved
    and the episode was recorded;
 4. starts another episode and e-stops it: the daemon latches ``estopped`` and the arm holds;
-5. labels the episodes, and retrains on the daemon's recording.
+5. starts a third and kills the daemon with SIGKILL: the arm keeps holding, the restarted daemon
+   comes up idle without moving it, and the store holds the two finished episodes;
+6. labels the episodes, and retrains on the daemon's recording.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ def start_daemon(root: Path, port: str, calib: Path) -> tuple[subprocess.Popen, 
     cfg["device"] = "cpu"
     (root / "daemon.yaml").write_text(yaml.safe_dump(cfg))
     ready = root / "ready.json"
-    log = open(root / "daemon.log", "w")  # noqa: SIM115  (the process keeps it)
+    ready.unlink(missing_ok=True)
+    log = open(root / "daemon.log", "a")  # noqa: SIM115  (the process keeps it)
     proc = subprocess.Popen(
         [sys.executable, "-m", "robopolicy.cli", "daemon", "--config", str(root / "daemon.yaml"), "--port", "0",
          "--ready-file", str(ready)],
@@ -144,12 +147,28 @@ def test_record_train_deploy_estop_record_and_retrain_on_the_emulated_so101(tmp_
             np.testing.assert_allclose(body_deg(follower), held, atol=0.5)  # holding, not drifting
             c.label(False)
             assert c.reset()["state"] == "idle"
+
+            # 5. SIGKILL mid-episode: the arm keeps holding, the restart is idle and does not move
+            c.start(max_ticks=10_000)
+            time.sleep(1.5)
+            assert c.status()["state"] == "running"
+            proc.kill()
+            proc.wait(timeout=30)
+            assert all(follower.servo(i).torque for i in range(1, 7)), "torque stays on: the arm holds"
+            killed = body_deg(follower)
+            proc, c = start_daemon(tmp_path, follower.port, calib)
+            s = c.status()
+            assert s["state"] == "idle" and s["episode"] is None and s["policy"] is None
+            assert s["recording"]["episodes"] == 2  # the killed episode was never written
+            time.sleep(0.7)
+            np.testing.assert_allclose(body_deg(follower), killed, atol=0.5)  # the restart does not move
+            assert not [r for r in c.telemetry()["records"] if r["type"] == "tick"]
         finally:
             proc.terminate()
             proc.wait(timeout=30)
         assert all(follower.servo(i).torque for i in range(1, 7)), "the arm keeps holding after the daemon exits"
 
-    # 5. the recording: both episodes, labelled, ready to train on
+    # 6. the recording: both finished episodes, labelled, ready to train on
     with EpisodeStore.open(tmp_path / "daemon.zarr") as store:
         assert store.n_episodes == 2
         labels = [m["operator_success"] for m in store.episodes_metadata]
