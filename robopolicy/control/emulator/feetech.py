@@ -42,15 +42,9 @@ the client process's GIL (what the lerobot tests use).
 
 from __future__ import annotations
 
-import enum
-import os
-import select
-import threading
-import time
-import tty
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
+
+from robopolicy.control.emulator.base import BusProcess, EmulatedBus, Fault, RegisterServo
 
 BROADCAST_ID = 0xFE
 INST_PING, INST_READ, INST_WRITE, INST_REG_WRITE, INST_ACTION = 1, 2, 3, 4, 5
@@ -149,244 +143,39 @@ def packet(id_: int, inst_or_err: int, params: bytes | list[int] = b"") -> bytes
     return b"\xff\xff" + body + bytes([checksum(body)])
 
 
-class Fault(enum.Enum):
-    """A servo's injected fault (module docstring)."""
+class Servo(RegisterServo):
+    """One emulated STS3215: a 256-byte register memory and a position that follows the goal
+    (``Present_Position = actual - Homing_Offset``; :class:`~robopolicy.control.emulator.base.RegisterServo`)."""
 
-    NO_REPLY = "no_reply"
-    BAD_CHECKSUM = "bad_checksum"
-    STOP_AFTER = "stop_after"
-    STUCK = "stuck"
-
-
-@dataclass
-class _FaultState:
-    kind: Fault
-    left: int = 0  # STOP_AFTER: packets still answered
-
-
-class Servo:
-    """One emulated STS3215: a 256-byte register memory and a position that follows the goal."""
+    REGISTERS = REGISTERS
+    DEFAULTS = DEFAULTS
+    HOMING_SIGN = -1
 
     def __init__(self, id_: int, position: float = 2048.0, speed: float = 3000.0) -> None:
-        self.mem = bytearray(256)
-        for name, value in DEFAULTS.items():
-            self.set(name, value)
-        self.set("ID", id_)
-        self.actual = float(position)
-        """Encoder position [ticks], before the homing offset."""
-        self.speed = float(speed)
-        self.velocity = 0.0
-        self.set("Goal_Position", round(self.actual) - self.homing_offset)
+        super().__init__(id_, position, speed)
         self.pending: tuple[int, bytes] | None = None  # REG_WRITE waiting for ACTION
-        self._sync_position()
 
-    @property
-    def id(self) -> int:
-        return self.get("ID")
+    def encode(self, name: str, value: int) -> int:
+        return encode_sign_magnitude(value, SIGN_BITS[name]) if name in SIGN_BITS else int(value)
 
-    # ------------------------------------------------------------------ registers
-    def get(self, name: str) -> int:
-        """Register ``name`` as a number (sign-magnitude registers decoded)."""
-        addr, n = REGISTERS[name]
-        raw = int.from_bytes(self.mem[addr : addr + n], "little")
+    def decode(self, name: str, raw: int) -> int:
         return decode_sign_magnitude(raw, SIGN_BITS[name]) if name in SIGN_BITS else raw
 
-    def set(self, name: str, value: int) -> None:
-        """Store ``value`` in register ``name`` (no side effects; see :meth:`write`)."""
-        addr, n = REGISTERS[name]
-        raw = encode_sign_magnitude(value, SIGN_BITS[name]) if name in SIGN_BITS else int(value)
-        self.mem[addr : addr + n] = (raw & ((1 << (8 * n)) - 1)).to_bytes(n, "little")
-
-    @property
-    def homing_offset(self) -> int:
-        return self.get("Homing_Offset")
-
-    @property
-    def torque(self) -> bool:
-        return bool(self.mem[REGISTERS["Torque_Enable"][0]])
-
-    @property
-    def present(self) -> int:
-        """``Present_Position`` as the servo reports it (``actual - Homing_Offset``)."""
-        return self.get("Present_Position")
-
-    @property
-    def goal(self) -> int:
-        return self.get("Goal_Position")
-
-    def write(self, addr: int, data: bytes) -> None:
-        """A WRITE of ``data`` at ``addr``: store it, then apply what the registers mean."""
-        torque_before = self.torque
-        self.mem[addr : addr + len(data)] = data
-        if not torque_before and self.torque:  # torque on: hold where it is
-            self.set("Goal_Position", round(self.actual) - self.homing_offset)
-        self._sync_position()
-
-    def read(self, addr: int, n: int) -> bytes:
-        return bytes(self.mem[addr : addr + n])
-
-    # ------------------------------------------------------------------ motion
-    def target(self) -> float:
-        """The encoder position the goal commands, inside the position limits."""
-        goal = self.goal
-        lo, hi = self.get("Min_Position_Limit"), self.get("Max_Position_Limit")
-        if lo or hi:
-            goal = min(max(goal, lo), hi)
-        return float(goal + self.homing_offset)
-
-    def advance(self, dt: float, stuck: bool = False) -> None:
-        """Move ``dt`` seconds toward the goal (torque on), at most :attr:`speed` ticks/s."""
-        before = self.actual
-        if self.torque and not stuck and dt > 0:
-            step = self.target() - self.actual
-            limit = self.speed * dt
-            self.actual += max(-limit, min(limit, step))
-        self.velocity = (self.actual - before) / dt if dt > 0 else 0.0
-        self._sync_position()
-
-    def drive(self, position: float) -> None:
-        """Put the joint at encoder ``position`` (by hand: a leader arm); its goal follows with torque off."""
-        self.velocity = 0.0
-        self.actual = float(position)
-        self._sync_position()
-
-    def _sync_position(self) -> None:
-        present = round(self.actual) - self.homing_offset
-        self.set("Present_Position", present)
+    def sync_extra(self) -> None:
         self.set("Present_Velocity", round(self.velocity))
-        moving = self.torque and abs(self.target() - self.actual) > 1.0
-        self.set("Moving", int(moving))
         self.set("Present_Load", 0)
-        if not self.torque:
-            self.set("Goal_Position", present)
 
 
-class FeetechBus:
-    """Servos on an emulated serial bus, served from a thread on a pty (module docstring).
+class FeetechBus(EmulatedBus):
+    """STS3215 servos on an emulated serial bus, served from a thread on a pty (module docstring;
+    arguments: :class:`~robopolicy.control.emulator.base.EmulatedBus`)."""
 
-    Args:
-        positions: ``{servo id: initial encoder position}`` (ticks, before any homing offset).
-        speed: the servos' largest speed [ticks/s].
-        script: ``script(t) -> {id: encoder position}``, called before each packet with the seconds
-            since :meth:`start`: a leader arm whose joints a hand moves (torque off).
-        clock: monotonic seconds (default ``time.monotonic``).
-    """
+    name: ClassVar[str] = "feetech emulator"
 
-    def __init__(
-        self,
-        positions: Mapping[int, float],
-        speed: float = 3000.0,
-        script: Callable[[float], Mapping[int, float]] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.servos: dict[int, Servo] = {i: Servo(i, p, speed) for i, p in positions.items()}
-        self.script = script
-        self.clock = clock
-        self.faults: dict[int, _FaultState] = {}
-        self.log: list[tuple[int, int]] = []
-        """``(id, instruction)`` of every well-formed packet received."""
-        self.bad_packets = 0
-        """Packets dropped for a bad checksum."""
-        self._lock = threading.RLock()
-        self._master: int | None = None
-        self._slave: int | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._t0 = self._last = clock()
-        self.port = ""
-        """The pty's slave path, set by :meth:`start`."""
+    def make_servo(self, id_: int, position: float, speed: float) -> Servo:
+        return Servo(id_, position, speed)
 
-    # ------------------------------------------------------------------ lifecycle
-    def start(self) -> FeetechBus:
-        """Open the pty and serve it from a daemon thread."""
-        if self._thread is not None:
-            return self
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)  # no echo, no line discipline, before any client opens it
-        self.port = os.ttyname(self._slave)
-        self._t0 = self._last = self.clock()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._serve, name="feetech-emulator", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the pty."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            self._thread = None
-        for fd in (self._master, self._slave):
-            if fd is not None:
-                os.close(fd)
-        self._master = self._slave = None
-
-    def __enter__(self) -> FeetechBus:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # ------------------------------------------------------------------ state and faults
-    def servo(self, id_: int) -> Servo:
-        """The servo with id ``id_`` (its state advanced to now)."""
-        with self._lock:
-            self._advance()
-            return self.servos[id_]
-
-    def drive(self, id_: int, position: float) -> None:
-        """Move servo ``id_``'s joint to encoder ``position`` by hand."""
-        with self._lock:
-            self._advance()
-            self.servos[id_].drive(position)
-
-    def inject(self, id_: int, kind: Fault, after: int = 0) -> None:
-        """Give servo ``id_`` a fault; ``after``: packets still answered (``STOP_AFTER`` only)."""
-        with self._lock:
-            if id_ not in self.servos:
-                raise KeyError(f"feetech emulator: no servo {id_} (servos: {sorted(self.servos)})")
-            self.faults[id_] = _FaultState(Fault(kind), int(after))
-
-    def clear(self, id_: int | None = None) -> None:
-        """Remove servo ``id_``'s fault, or every fault."""
-        with self._lock:
-            if id_ is None:
-                self.faults.clear()
-            else:
-                self.faults.pop(id_, None)
-
-    def _advance(self) -> None:
-        now = self.clock()
-        dt, self._last = now - self._last, now
-        if self.script is not None:
-            for id_, pos in self.script(now - self._t0).items():
-                if id_ in self.servos and not self.servos[id_].torque:
-                    self.servos[id_].drive(pos)
-        for id_, servo in self.servos.items():
-            f = self.faults.get(id_)
-            servo.advance(dt, stuck=f is not None and f.kind in (Fault.STUCK, Fault.NO_REPLY))
-
-    # ------------------------------------------------------------------ serving
-    def _serve(self) -> None:
-        buf = bytearray()
-        while not self._stop.is_set():
-            ready, _, _ = select.select([self._master], [], [], 0.02)
-            if not ready:
-                continue
-            try:
-                chunk = os.read(self._master, 4096)  # type: ignore[arg-type]
-            except OSError:
-                continue
-            buf += chunk
-            while True:
-                pkt = self._take_packet(buf)
-                if pkt is None:
-                    break
-                reply = self.handle(pkt)
-                if reply:
-                    os.write(self._master, reply)  # type: ignore[arg-type]
-
-    def _take_packet(self, buf: bytearray) -> bytes | None:
+    def take_packet(self, buf: bytearray) -> bytes | None:
         """The next complete, well-formed packet in ``buf`` (removed from it); None to wait for more."""
         while True:
             start = buf.find(b"\xff\xff")
@@ -465,139 +254,19 @@ class FeetechBus:
     def _servo_read(self, id_: int, addr: int, n: int) -> bytes | None:
         return self.servos[id_].read(addr, n) if self._alive(id_) else None
 
-    def _alive(self, id_: int) -> bool:
-        """Whether servo ``id_`` exists and hears this packet (counts it against ``STOP_AFTER``)."""
-        if id_ not in self.servos:
-            return False
-        f = self.faults.get(id_)
-        if f is None:
-            return True
-        if f.kind is Fault.NO_REPLY:
-            return False
-        if f.kind is Fault.STOP_AFTER:
-            if f.left <= 0:
-                return False
-            f.left -= 1
-        return True
-
     def _status(self, id_: int, data: bytes | None) -> bytes:
         if data is None:
             return b""
-        reply = packet(id_, 0, data)
-        f = self.faults.get(id_)
-        if f is not None and f.kind is Fault.BAD_CHECKSUM:
-            reply = reply[:-1] + bytes([reply[-1] ^ 0x5A])
-        return reply
-
-    def _renumber(self) -> None:
-        """A servo whose ID register was written answers to its new id."""
-        for old, servo in list(self.servos.items()):
-            if servo.id != old:
-                self.servos[servo.id] = self.servos.pop(old)
-                if old in self.faults:
-                    self.faults[servo.id] = self.faults.pop(old)
+        return self._corrupt(id_, packet(id_, 0, data))
 
 
-class FeetechBusProcess:
+class FeetechBusProcess(BusProcess):
     """A :class:`FeetechBus` served from a forked child process, with the same methods (each a
-    round trip over a pipe; :meth:`servo` returns a copy).
+    round trip over a pipe; :meth:`servo` returns a copy). Real servos answer whatever the client
+    process does, and so does this one; in-process, the bus thread answers only when it gets the
+    GIL (:class:`~robopolicy.control.emulator.base.BusProcess`)."""
 
-    In-process, the bus thread answers only when it gets the GIL: a client thread that holds it
-    (a garbage collection, a busy loop) for longer than lerobot's 50 ms packet timeout sees "no
-    status packet". Real servos answer regardless, and so does this one.
-    """
-
-    def __init__(
-        self,
-        positions: Mapping[int, float],
-        speed: float = 3000.0,
-        script: Callable[[float], Mapping[int, float]] | None = None,
-    ) -> None:
-        self._args = (dict(positions), float(speed), script)
-        self._conn: Any = None
-        self._proc: Any = None
-        self.port = ""
-
-    def start(self) -> FeetechBusProcess:
-        import multiprocessing
-
-        if self._proc is not None:
-            return self
-        ctx = multiprocessing.get_context("fork")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve_child, args=(child, *self._args), daemon=True, name="feetech-emulator")
-        self._proc.start()
-        child.close()
-        self.port = self._call("port")
-        return self
-
-    def stop(self) -> None:
-        if self._proc is None:
-            return
-        try:
-            self._call("stop")
-        except (EOFError, OSError):
-            pass
-        self._proc.join(timeout=2.0)
-        if self._proc.is_alive():
-            self._proc.kill()
-        self._conn.close()
-        self._proc = self._conn = None
-
-    def __enter__(self) -> FeetechBusProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _call(self, name: str, *args: Any) -> Any:
-        if self._conn is None:
-            raise RuntimeError("feetech emulator: not started")
-        self._conn.send((name, args))
-        ok, value = self._conn.recv()
-        if not ok:
-            raise value
-        return value
-
-    def servo(self, id_: int) -> Servo:
-        """A copy of servo ``id_`` as it is now."""
-        return self._call("servo", id_)
-
-    def drive(self, id_: int, position: float) -> None:
-        self._call("drive", id_, position)
-
-    def inject(self, id_: int, kind: Fault, after: int = 0) -> None:
-        self._call("inject", id_, kind, after)
-
-    def clear(self, id_: int | None = None) -> None:
-        self._call("clear", id_)
-
-    @property
-    def log(self) -> list[tuple[int, int]]:
-        return self._call("log")
-
-    @property
-    def bad_packets(self) -> int:
-        return self._call("bad_packets")
-
-
-def _serve_child(conn: Any, positions: dict[int, float], speed: float, script: Any) -> None:
-    """The child of :class:`FeetechBusProcess`: a bus, and its methods served over ``conn``."""
-    bus = FeetechBus(positions, speed, script).start()
-    while True:
-        try:
-            name, args = conn.recv()
-        except (EOFError, OSError):  # the parent is gone
-            break
-        if name == "stop":
-            conn.send((True, None))
-            break
-        try:
-            attr = getattr(bus, name)
-            conn.send((True, attr(*args) if callable(attr) else attr))
-        except Exception as e:  # sent to the parent, raised there
-            conn.send((False, e))
-    bus.stop()
+    bus_class = FeetechBus
 
 
 __all__ = [
