@@ -318,19 +318,23 @@ def make_app(daemon: Daemon, token: str, port: int) -> web.Application:
     app["origins"] = auth.allowed_origins(port, cfg.allowed_origins)
     app["max_body"] = cfg.max_body_bytes
     app["ws_clients"] = set()
-    app.router.add_get("/", page)
-    app.router.add_get("/favicon.ico", favicon)
-    app.router.add_post("/api/session", session_new)
-    app.router.add_delete("/api/session", session_end)
-    app.router.add_get("/api/status", status)
-    app.router.add_post("/api/policy", load_policy)
-    app.router.add_post("/api/episode/start", episode_start)
-    app.router.add_post("/api/episode/stop", episode_stop)
-    app.router.add_post("/api/episode/label", episode_label)
-    app.router.add_post("/api/estop", estop)
-    app.router.add_post("/api/reset", reset)
-    app.router.add_get("/api/telemetry", telemetry)
-    app.router.add_get("/api/ws", ws_handler)
+    app.router.add_routes(
+        [
+            web.get("/", page),
+            web.get("/favicon.ico", favicon),
+            web.post("/api/session", session_new),
+            web.delete("/api/session", session_end),
+            web.get("/api/status", status),
+            web.post("/api/policy", load_policy),
+            web.post("/api/episode/start", episode_start),
+            web.post("/api/episode/stop", episode_stop),
+            web.post("/api/episode/label", episode_label),
+            web.post("/api/estop", estop),
+            web.post("/api/reset", reset),
+            web.get("/api/telemetry", telemetry),
+            web.get("/api/ws", ws_handler),
+        ]
+    )
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     return app
