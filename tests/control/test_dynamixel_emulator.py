@@ -302,3 +302,30 @@ def test_the_bus_in_a_child_process():
         finally:
             host.close()
     assert bus.port and bus._proc is None
+
+
+def test_emulate_arm_koch_serves_a_linked_port_and_cleans_up(tmp_path):
+    import json
+    import signal
+
+    from tests.cli_subprocess import cli
+
+    link = tmp_path / "koch"
+    proc = cli("emulate-arm", "koch", "--link", str(link), "--calibration-dir", str(tmp_path / "cal"))
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert lines[-1].startswith("serving"), lines
+        assert link.is_symlink() and os.readlink(link).startswith("/dev/pts/")
+        c = Client(str(link))
+        try:
+            c.send(BROADCAST_ID, PING)  # the six servos of a Koch answer, with their models
+            got = statuses(c.recv(expect=6 * 14))
+            assert [(i, int.from_bytes(d[:2], "little")) for i, _, d, _ in got] == list(KOCH_MODELS.items())
+        finally:
+            c.close()
+        cal = json.loads((tmp_path / "cal" / "follower.json").read_text())
+        assert cal["shoulder_pan"]["range_max"] == 4095 and cal["gripper"]["id"] == 6
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    assert proc.returncode == 0 and not link.exists()

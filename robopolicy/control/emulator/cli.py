@@ -1,12 +1,15 @@
-"""``robopolicy emulate-arm so101``: an emulated SO-101 for the daemon, the recorder and ``robopolicy run``.
+"""``robopolicy emulate-arm so101|koch``: an emulated arm for the daemon, the recorder and ``robopolicy run``.
 
-It serves an emulated Feetech bus (:mod:`robopolicy.control.emulator.feetech`) on a pty. It
-links the pty to a stable path (``--link``, which ``real/so101_emulated.yaml`` names as the arm's
-port), writes a matching lerobot calibration file, and serves until Ctrl-C or SIGTERM::
+It serves an emulated servo bus on a pty: Feetech for the SO-101
+(:mod:`robopolicy.control.emulator.feetech`), Dynamixel for the Koch
+(:mod:`robopolicy.control.emulator.dynamixel`). It links the pty to a stable path (``--link``,
+which ``real/so101_emulated.yaml`` names as the arm's port), writes a matching lerobot
+calibration file, and serves until Ctrl-C or SIGTERM::
 
     robopolicy emulate-arm so101                      # follower at /tmp/robopolicy-so101
     robopolicy emulate-arm so101 --leader             # a leader arm too, at /tmp/robopolicy-so101-leader,
                                                       # its joints waving as if moved by hand
+    robopolicy emulate-arm koch                       # Koch follower at /tmp/robopolicy-koch (no leader)
     .venv-real/bin/robopolicy daemon --config real/so101_emulated.yaml
 """
 
@@ -42,6 +45,27 @@ def so101_positions(body_deg: tuple[float, ...] = (0.0,) * 5, gripper: float = 2
     return pos
 
 
+KOCH_RANGES = [(0, 4095), (900, 3196), (900, 3196), (900, 3196), (0, 4095), (2000, 3000)]
+"""Calibrated (range_min, range_max) per Koch motor: pan and wrist roll a full turn (as
+lerobot's Koch calibration records them), the flex joints +-101 deg around mid-range."""
+
+
+def koch_calibration() -> dict[str, dict[str, int]]:
+    """A lerobot calibration for the emulated Koch follower (homing offsets 0)."""
+    return {
+        m: {"id": i + 1, "drive_mode": 0, "homing_offset": 0, "range_min": lo, "range_max": hi}
+        for i, (m, (lo, hi)) in enumerate(zip(SO101_MOTORS, KOCH_RANGES))
+    }
+
+
+def koch_positions(body_deg: tuple[float, ...] = (0.0,) * 5, gripper: float = 20.0) -> dict[int, float]:
+    """Encoder positions of a Koch pose: body joints [deg from mid-range] and the gripper (0..100)."""
+    pos = {i + 1: (lo + hi) / 2 + d * 4095 / 360 for i, ((lo, hi), d) in enumerate(zip(KOCH_RANGES, body_deg))}
+    lo, hi = KOCH_RANGES[5]
+    pos[6] = lo + gripper / 100 * (hi - lo)
+    return pos
+
+
 def waving_leader(t: float) -> dict[int, float]:
     """A leader arm moved by hand: every joint waves at 0.25 Hz."""
     s = math.sin(2 * math.pi * 0.25 * t)
@@ -51,17 +75,17 @@ def waving_leader(t: float) -> dict[int, float]:
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "emulate-arm",
-        help="serve an emulated SO-101 (Feetech bus on a pty) for trying the daemon and recorder without hardware",
+        help="serve an emulated SO-101 or Koch (servo bus on a pty) for trying the daemon and recorder without hardware",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("arm", choices=["so101"], help="the arm to emulate")
-    p.add_argument("--link", default="/tmp/robopolicy-so101", help="symlink to the follower's pty (its port)")
-    p.add_argument("--leader", action="store_true", help="also serve a waving leader arm at LINK-leader")
+    p.add_argument("arm", choices=["so101", "koch"], help="the arm to emulate")
+    p.add_argument("--link", help="symlink to the follower's pty (its port); default /tmp/robopolicy-ARM")
+    p.add_argument("--leader", action="store_true", help="also serve a waving leader arm at LINK-leader (so101)")
     p.add_argument(
         "--calibration-dir",
-        default="~/.cache/robopolicy/emulated_so101",
-        help="where the lerobot calibration files (follower.json, leader.json) are written",
+        help="where the lerobot calibration files (follower.json, leader.json) are written; "
+        "default ~/.cache/robopolicy/emulated_ARM",
     )
     p.set_defaults(func=run)
 
@@ -74,19 +98,31 @@ def _link(target: str, link: Path) -> None:
     link.symlink_to(target)
 
 
-def run(args: argparse.Namespace) -> int:
+def _buses(arm: str, leader: bool) -> tuple[list[Any], dict[str, dict[str, int]]]:
+    """The started buses (follower, then leader) and the calibration of ``arm``."""
+    rest = (5.0, -20.0, 30.0, 0.0, 10.0)
+    if arm == "koch":
+        from robopolicy.control.emulator.dynamixel import KOCH_MODELS, DynamixelBus
+
+        if leader:
+            raise ValueError("emulate-arm koch: no --leader (the koch profile has no teleoperator)")
+        return [DynamixelBus(koch_positions(rest), models=KOCH_MODELS).start()], koch_calibration()
     from robopolicy.control.emulator.feetech import FeetechBus
 
-    calib = Path(args.calibration_dir).expanduser()
+    buses = [FeetechBus(so101_positions(rest)).start()]
+    if leader:
+        buses.append(FeetechBus(so101_positions(), script=waving_leader).start())
+    return buses, so101_calibration()
+
+
+def run(args: argparse.Namespace) -> int:
+    base = args.link or f"/tmp/robopolicy-{args.arm}"
+    calib = Path(args.calibration_dir or f"~/.cache/robopolicy/emulated_{args.arm}").expanduser()
+    buses, calibration = _buses(args.arm, args.leader)
     calib.mkdir(parents=True, exist_ok=True)
     for who in ("follower", "leader") if args.leader else ("follower",):
-        (calib / f"{who}.json").write_text(json.dumps(so101_calibration(), indent=4))
-    links: list[Path] = []
-    buses = [FeetechBus(so101_positions((5.0, -20.0, 30.0, 0.0, 10.0))).start()]
-    links.append(Path(args.link))
-    if args.leader:
-        buses.append(FeetechBus(so101_positions(), script=waving_leader).start())
-        links.append(Path(args.link + "-leader"))
+        (calib / f"{who}.json").write_text(json.dumps(calibration, indent=4))
+    links = [Path(base)] + ([Path(base + "-leader")] if args.leader else [])
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -107,4 +143,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["SO101_MOTORS", "add_parser", "so101_calibration", "so101_positions", "waving_leader"]
+__all__ = [
+    "KOCH_RANGES",
+    "SO101_MOTORS",
+    "add_parser",
+    "koch_calibration",
+    "koch_positions",
+    "so101_calibration",
+    "so101_positions",
+    "waving_leader",
+]
