@@ -108,6 +108,17 @@ def config_class(registry: Any, kind: str, package: str) -> type:
     return registry.get_choice_class(kind)
 
 
+def is_stream_source(spec: Mapping[str, Any]) -> bool:
+    """Whether an OpenCV camera spec reads a video file or pipe rather than a device: an
+    ``index_or_path`` that is a path outside ``/dev``."""
+    source = spec.get("index_or_path")
+    return (
+        spec.get("type", "opencv") == "opencv"
+        and isinstance(source, str | Path)
+        and not str(source).startswith("/dev/")
+    )
+
+
 def camera_configs(cameras: Mapping[str, Mapping[str, Any]], rename: Mapping[str, str]) -> dict[str, Any]:
     """lerobot camera configs ``{lerobot key: CameraConfig}`` from ``{our name: {type: opencv, ...}}``."""
     from lerobot.cameras import CameraConfig
@@ -330,7 +341,20 @@ class LerobotDriver(Driver):
             kwargs["use_degrees"] = self._degrees
         elif self._degrees:
             raise ValueError(f"{self.name}: lerobot's {self.robot_type} has no use_degrees; the profile wants degrees")
-        return make_robot_from_config(cls(**{k: v for k, v in kwargs.items() if k in fields}))
+        robot = make_robot_from_config(cls(**{k: v for k, v in kwargs.items() if k in fields}))
+        self._free_stream_cameras(robot)
+        return robot
+
+    def _free_stream_cameras(self, robot: Any) -> None:
+        """Let an OpenCV camera that reads a video file or pipe (:func:`is_stream_source`) keep the
+        stream's own size and rate. lerobot's robot configs require ``width``, ``height`` and
+        ``fps``, but its ``OpenCVCamera`` then sets them on the capture, which OpenCV refuses on a
+        file (``VideoCapture.set`` returns False: "failed to set capture_width"); with them None it
+        takes the stream's. :meth:`read` checks every frame's shape against ``width`` and ``height``."""
+        for ours, spec in self.cameras.items():
+            cam = getattr(robot, "cameras", {}).get(self.lerobot_map.cameras.get(ours, ours))
+            if cam is not None and is_stream_source(spec):
+                cam.width = cam.height = cam.fps = None
 
     def connect(self) -> None:
         if self.connected:
@@ -358,7 +382,11 @@ class LerobotDriver(Driver):
             key = self.lerobot_map.cameras.get(cam, cam)
             if key not in raw:
                 raise ReadTimeout(self.name, f"no frame from camera {cam!r} (lerobot key {key!r})")
-            obs[IMAGE_PREFIX + cam] = np.asarray(raw[key], dtype=np.uint8)
+            image = np.asarray(raw[key], dtype=np.uint8)
+            expect = (int(self.cameras[cam]["height"]), int(self.cameras[cam]["width"]), 3)
+            if image.shape != expect:
+                raise FaultDetected(self.name, f"camera {cam!r} gave a {image.shape} frame, configured {expect}")
+            obs[IMAGE_PREFIX + cam] = image
         self._check_tracking(present, t)
         self._seq += 1
         self._last = Reading(t=t, seq=self._seq, obs=obs)
@@ -485,5 +513,6 @@ __all__ = [
     "config_class",
     "driver_errors",
     "import_lerobot",
+    "is_stream_source",
     "use_stored_calibration",
 ]
