@@ -39,7 +39,7 @@ real-env:                 ## lerobot drivers + LeRobotDataset in their own env (
 	test -x .venv-real/bin/python || python3 -m venv .venv-real
 	.venv-real/bin/pip install --quiet -e ".[real,dev,sim]"
 
-real-test:                ## the lerobot tests (emulated SO-101 bus, LeRobotDataset, checkpoint parity) in .venv-real
+real-test:                ## the lerobot tests (emulated SO-101 and Koch buses, camera, LeRobotDataset, checkpoint parity) in .venv-real
 	test -x .venv-real/bin/python || $(MAKE) real-env
 	HF_HUB_OFFLINE=1 MUJOCO_GL=egl .venv-real/bin/pytest -q -m real tests/real tests/data/test_importers.py
 

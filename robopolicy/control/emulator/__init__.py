@@ -1,2 +1,3 @@
-"""Emulated hardware for tests and dry runs without an arm: a Feetech STS3215 servo bus on a
-pseudo-terminal (:mod:`robopolicy.control.emulator.feetech`)."""
+"""Emulated hardware for tests and dry runs without an arm: servo buses on a pseudo-terminal,
+Feetech STS3215 (:mod:`robopolicy.control.emulator.feetech`, the SO-101) and Dynamixel X-series
+(:mod:`robopolicy.control.emulator.dynamixel`, the Koch), sharing :mod:`robopolicy.control.emulator.base`."""
