@@ -6,6 +6,11 @@ with 1 and 2 workers. Success: the expert's success rate over ``--success-episod
 attempts (seeds 0..N-1, no cameras, 2 workers, default noise), also for the optional Stack expert.
 
     .venv/bin/python benchmarks/bench_demos.py        # writes benchmarks/results/demos.{json,md}
+
+``--merge TASK ...`` measures only those tasks (success, and the rate at ``--workers`` without
+and with cameras) and replaces their rows in the existing results, each row dated::
+
+    .venv/bin/python benchmarks/bench_demos.py --merge LiftCue --workers 1
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ def measure_success(task: str, n: int, noise: float, workers: int, tmp: Path) ->
         "failed_seeds": r.failed_seeds,
         "noise": noise,
         "seconds": round(r.seconds, 1),
+        "workers": workers,
     }
 
 
@@ -88,6 +94,16 @@ def to_markdown(res: dict) -> str:
             f"| {r['task']} | {cams} | {r['workers']} | {r['episodes']} | {r['seconds']} | "
             f"{r['episodes_per_min']} | {r['steady_episodes_per_min']} | {r['env_steps_per_s']} | {r['mean_episode_len']} |"
         )
+    later = sorted(
+        {(r["task"], r["date"], r["load_avg_at_start"][0]) for r in res["success"] + res["rates"] if "date" in r}
+    )
+    if later:
+        lines += [
+            "",
+            "Rows measured on their own (`--merge`): "
+            + "; ".join(f"{t} {d}, load {ld:.1f}" for t, d, ld in later)
+            + ".",
+        ]
     lines += [
         "",
         '"episodes/min" is wall time over the whole run (process start-up, env build and the',
@@ -110,7 +126,12 @@ def main() -> None:
     ap.add_argument("--success-episodes", type=int, default=100)
     ap.add_argument("--noise", type=float, default=0.05)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--merge", nargs="+", default=None, help="measure only these tasks; replace their rows")
+    ap.add_argument("--workers", type=int, default=2, help="workers of the --merge measurements")
     args = ap.parse_args()
+    if args.merge:
+        merge(args)
+        return
     res: dict = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
@@ -131,6 +152,33 @@ def main() -> None:
                     print(res["rates"][-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "demos.json").write_text(json.dumps(res, indent=2) + "\n")
+    (args.out / "demos.md").write_text(to_markdown(res))
+    print(to_markdown(res))
+
+
+def merge(args: argparse.Namespace) -> None:
+    """Measure ``args.merge`` tasks and replace their rows in ``args.out/demos.json``."""
+    path = args.out / "demos.json"
+    res = json.loads(path.read_text())
+    stamp = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_avg_at_start": os.getloadavg(),
+    }
+    res["success"] = [r for r in res["success"] if r["task"] not in args.merge]
+    res["rates"] = [r for r in res["rates"] if r["task"] not in args.merge]
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for task in args.merge:
+            res["success"].append(
+                {**measure_success(task, args.success_episodes, args.noise, args.workers, tmp), **stamp}
+            )
+            print(res["success"][-1], flush=True)
+            for cameras in ((), CAMERAS):
+                res["rates"].append(
+                    {**measure_rate(task, cameras, args.workers, args.episodes, args.noise, tmp), **stamp}
+                )
+                print(res["rates"][-1], flush=True)
+    path.write_text(json.dumps(res, indent=2) + "\n")
     (args.out / "demos.md").write_text(to_markdown(res))
     print(to_markdown(res))
 

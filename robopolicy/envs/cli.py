@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from robopolicy.envs.experts import EXPERTS
 from robopolicy.envs.robosuite_env import TASKS
 
 
@@ -35,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "2 bad arguments or output path (nothing written); 130 interrupted by Ctrl-C (finished episodes kept, "
         "continue with --append; an interrupted --overwrite leaves the old store untouched).",
     )
-    g.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)} (experts: Lift, PickPlaceCan, Stack)")
+    g.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)} (experts: {', '.join(EXPERTS)})")
     g.add_argument(
         "--episodes",
         type=int,

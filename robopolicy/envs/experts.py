@@ -257,10 +257,17 @@ def _cube_placed(ex: WaypointExpert, info: dict) -> bool:
     return past_release and float(np.linalg.norm(err[:2])) < 0.025 and abs(float(err[2])) < 0.02
 
 
+def _lift_cue_phases(ex: WaypointExpert) -> list[Phase]:
+    from robopolicy.envs.lift_cue import lift_cue_phases  # its own module (it imports this one)
+
+    return lift_cue_phases(ex)
+
+
 EXPERTS: dict[str, Callable[[WaypointExpert], list[Phase]]] = {
     "Lift": _lift_phases,
     "PickPlaceCan": _pick_place_can_phases,
     "Stack": _stack_phases,
+    "LiftCue": _lift_cue_phases,
 }
 
 VARIANTS: dict[

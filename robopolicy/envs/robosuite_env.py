@@ -24,6 +24,7 @@ Object sizes are sampled once, when the model is built; the constructor seeds th
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -50,6 +51,9 @@ class TaskInfo:
     object_dim: int
     cameras: tuple[str, ...]
     description: str = ""
+    module: str = ""
+    """Module that registers ``env_name`` with robosuite (imported before the env is built), for
+    tasks defined in this package; empty for robosuite's own tasks."""
 
 
 TASKS: dict[str, TaskInfo] = {
@@ -59,6 +63,14 @@ TASKS: dict[str, TaskInfo] = {
         "NutAssemblySquare", 400, 14, _COMMON_CAMERAS + ("sideview",), "fit the square nut onto its peg"
     ),
     "Stack": TaskInfo("Stack", 400, 23, _COMMON_CAMERAS + ("sideview",), "stack the red cube on the green cube"),
+    "LiftCue": TaskInfo(
+        "LiftCue",
+        250,
+        12,
+        _COMMON_CAMERAS + ("sideview",),
+        "memory: put the cube down in the zone that was green for the first 10 steps",
+        module="robopolicy.envs.lift_cue_env",
+    ),
 }
 
 LOW_DIM_KEYS = ("eef_pos", "eef_quat", "gripper_qpos", "joint_pos", "joint_vel", "object", "state")
@@ -140,6 +152,8 @@ class RobosuiteEnv:
         import robosuite
         from robosuite.controllers import load_composite_controller_config
 
+        if self.info.module:  # registers the task's env class with robosuite
+            importlib.import_module(self.info.module)
         controller = load_composite_controller_config(controller=None, robot="Panda")  # BASIC + OSC_POSE delta
         # Model building samples object sizes from the global np.random (e.g. Lift's cube); seed
         # it so every process builds the same model (with hard_reset=False it is never rebuilt).
