@@ -109,6 +109,29 @@ def test_expert_puts_the_cube_in_the_cued_zone(cue_env, seed, side):
     assert cue_side(obs) is None
 
 
+def test_expert_acts_the_same_for_both_cues_until_the_carry(cue_env):
+    """Demos hold no cue in the robot's state while the cue shows and long after: from one
+    initial state the expert's actions for the two cues are identical until it carries the cube
+    (step ~37), so a policy cannot learn to park the cue in the arm's pose."""
+    actions = {}
+    for cue in (0, 1):
+        cue_env.env.forced_cue = cue
+        try:
+            expert = make_expert("LiftCue", cue_env, np.random.default_rng(1), noise=0.05)
+            obs = cue_env.reset(1)
+            expert.reset(obs)
+            acts, phases = [], []
+            for _ in range(45):
+                acts.append(expert.act(obs))
+                phases.append(expert.phase)
+                obs = cue_env.step(acts[-1])[0]
+        finally:
+            cue_env.env.forced_cue = None
+        actions[cue] = np.stack(acts)
+    differ = np.flatnonzero(np.any(actions[0] != actions[1], axis=1))
+    assert len(differ) and differ[0] >= 3 * CUE_STEPS and phases[differ[0]] == "carry"
+
+
 def test_suites_load():
     from robopolicy.eval.suite import load_suite
 
