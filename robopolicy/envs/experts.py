@@ -4,12 +4,16 @@ Every expert is a sequence of waypoint phases (the control laws of
 ``research/robosuite_on_cpu.md``)::
 
     a[:3]  = clip((target - eef_pos) / 0.05, -1, 1)          # one step moves at most 5 cm
-    a[3:6] = clip(orientation_error(R0, R_eef) / 0.5, -1, 1)  # hold the initial downward pose
+    a[3:6] = clip(orientation_error(R_goal, R_eef) / 0.5, -1, 1)  # R_goal = Rz(yaw) @ R0
     a[6]   = phase gripper (-1 open, +1 close)
 
+``R0`` is the initial downward pose; a phase with a ``yaw`` turns the goal about the world z
+axis by that angle from ``R0`` (later phases keep it), otherwise the gripper holds ``R0``.
+
 A phase ends when the end effector is within ``tol`` of its target, after a fixed number of
-steps (gripper phases), or at its timeout. Targets are computed from privileged sim state
-(object positions) when the phase starts.
+steps (gripper phases), or at its timeout (a phase with ``rot_tol`` also waits until the
+orientation error is below it). Targets are computed from privileged sim state (object
+positions) when the phase starts.
 
 Noise makes demos differ beyond their seeded initial states:
 
@@ -68,7 +72,10 @@ class Phase:
     """One waypoint phase: move to ``target()`` (world position of the grip site) with ``gripper``.
 
     ``target`` is evaluated once, when the phase starts. The phase ends after ``steps`` steps if
-    given, else when within ``tol`` metres of the target, and always after ``timeout`` steps.
+    given, else when within ``tol`` metres of the target (and, with ``rot_tol``, within
+    ``rot_tol`` of the orientation goal, axis-angle norm), and always after ``timeout`` steps.
+    ``yaw``, also evaluated when the phase starts, sets the orientation goal to the initial pose
+    turned by that angle [rad] about the world z axis; None keeps the previous goal.
     """
 
     name: str
@@ -78,6 +85,8 @@ class Phase:
     steps: int | None = None
     timeout: int = 80
     noisy: bool = True
+    yaw: Callable[[], float] | None = None
+    rot_tol: float | None = None
 
 
 def _quat_xyzw_to_mat(q: np.ndarray) -> np.ndarray:
@@ -89,6 +98,11 @@ def _quat_xyzw_to_mat(q: np.ndarray) -> np.ndarray:
             [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
         ]
     )
+
+
+def _rot_z(yaw: float) -> np.ndarray:
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
 def orientation_error(desired: np.ndarray, current: np.ndarray) -> np.ndarray:
@@ -139,6 +153,7 @@ class WaypointExpert:
         """Start a new episode from its first observation."""
         self._obs = obs
         self.R0 = _quat_xyzw_to_mat(obs["eef_quat"])
+        self.R_goal = self.R0
         self.start_pos = self.eef_pos.copy()
         self.phases = self._build(self)
         self.k = -1
@@ -150,6 +165,8 @@ class WaypointExpert:
         if self.k < len(self.phases):
             ph = self.phases[self.k]
             self.goal = np.asarray(ph.target(), dtype=np.float64).copy()
+            if ph.yaw is not None:
+                self.R_goal = _rot_z(float(ph.yaw())) @ self.R0
             if ph.noisy and self.noise.target > 0:
                 self.goal += self.rng.normal(0.0, self.noise.target, 3)
 
@@ -160,6 +177,9 @@ class WaypointExpert:
             ph = self.phases[self.k]
             err = self.goal - self.eef_pos
             finished = self.n >= ph.steps if ph.steps is not None else np.linalg.norm(err) < ph.tol
+            if ph.rot_tol is not None:
+                R = _quat_xyzw_to_mat(obs["eef_quat"])
+                finished = finished and np.linalg.norm(orientation_error(self.R_goal, R)) < ph.rot_tol
             if finished or self.n >= ph.timeout:
                 self._next_phase()
                 continue
@@ -170,7 +190,7 @@ class WaypointExpert:
         a = np.zeros(7)
         a[:3] = np.clip(err / POS_SCALE, -1, 1)
         R = _quat_xyzw_to_mat(obs["eef_quat"])
-        a[3:6] = np.clip(orientation_error(self.R0, R) / ROT_SCALE, -1, 1)
+        a[3:6] = np.clip(orientation_error(self.R_goal, R) / ROT_SCALE, -1, 1)
         a[6] = ph.gripper
         if self.noise.action > 0:
             a[:3] += self.rng.normal(0.0, self.noise.action, 3)
@@ -227,6 +247,92 @@ def _stack_phases(ex: WaypointExpert) -> list[Phase]:
     ]
 
 
+SQUARE_GRIP_R = 0.06
+"""NutAssemblySquare: grasp point on the handle, distance from the nut's centre [m] (the ring's
+outer edge is at 0.044, the handle's end at 0.079)."""
+SQUARE_HANDLE_DIRS = ((np.pi / 2, 0.0), (np.pi, 0.0), (-np.pi / 2, 0.0), (0.0, 3.0))
+"""NutAssemblySquare: world yaws the handle may point at over the peg, with a cost [rad]. +x
+(away from the robot) puts the gripper at x = 0.28, where the arm stalls: only as a last resort."""
+SQUARE_NUT_REST_Z = 0.83
+"""NutAssemblySquare: the nut centre's height when it lies on the table [m]."""
+SQUARE_YAW_RANGE = (-0.35, 2.8)
+"""NutAssemblySquare: gripper yaws [rad] from the start the expert may use. Turning the other way
+(negative) drives the Panda's wrist joint into its limit after about 25 degrees."""
+
+
+def _wrap(angle: float, period: float) -> float:
+    return (angle + period / 2) % period - period / 2
+
+
+def _level(R: np.ndarray) -> np.ndarray:
+    """The pointing-down pose with the yaw of ``R`` (its tilt removed)."""
+    x = np.array([R[0, 0], R[1, 0], 0.0]) / np.hypot(R[0, 0], R[1, 0])
+    z = np.array([0.0, 0.0, -1.0])
+    return np.column_stack([x, np.cross(z, x), z])
+
+
+def _square_yaws(psi: float, finger_yaw: float) -> tuple[float, float]:
+    """(grasp yaw, place yaw) of the gripper, relative to its start, for a handle pointing at world
+    yaw ``psi``: fingers across the handle, then the nut turned square to the peg (its sides on
+    the world axes), the least turning that keeps both yaws in :data:`SQUARE_YAW_RANGE`."""
+    g0 = _wrap(psi + np.pi / 2 - finger_yaw, np.pi)  # the fingers are symmetric: any of g0 + k*pi
+    lo, hi = SQUARE_YAW_RANGE
+    best = (np.inf, g0, g0)
+    for g in (g0 - np.pi, g0, g0 + np.pi):
+        for d, penalty in SQUARE_HANDLE_DIRS:
+            turn = _wrap(d - psi, 2 * np.pi)
+            if lo <= g <= hi and lo <= g + turn <= hi and abs(g) + abs(turn) + penalty < best[0]:
+                best = (abs(g) + abs(turn) + penalty, g, g + turn)
+    return best[1], best[2]
+
+
+def _square_phases(ex: WaypointExpert) -> list[Phase]:
+    """NutAssemblySquare: grasp the nut by its handle, turn it square to the peg, carry it above
+    the peg and lower it on (the env counts success once the nut is down around the peg and the
+    gripper more than 4.2 cm from the nut's centre, which holding the handle already is)."""
+    raw = ex.raw
+    nut, peg = raw.obj_body_id["SquareNut"], raw.peg1_body_id
+    handle_site = raw.object_site_ids[raw.nut_to_id["square"]]
+    up = np.array([0.0, 0.0, 1.0])
+    # hold the gripper vertical: with its initial tilt (~9 deg) a handle pointing at the robot slips
+    ex.R0 = ex.R_goal = _level(ex.R0)
+
+    def grip_point() -> np.ndarray:
+        c, h = ex.body_pos(nut), np.array(ex.sim.data.site_xpos[handle_site], dtype=np.float64)
+        return c + (h - c) * SQUARE_GRIP_R / np.linalg.norm(h - c)
+
+    handle_dir = grip_point() - ex.body_pos(nut)
+    psi = float(np.arctan2(handle_dir[1], handle_dir[0]))  # the handle's (nut's local x) world yaw
+    grasp_yaw, place_yaw = _square_yaws(psi, float(np.arctan2(ex.R0[1, 1], ex.R0[0, 1])))
+    turn = place_yaw - grasp_yaw  # turns the nut square to the peg during the carry
+    peg_xy = ex.body_pos(peg)[:2]
+    carry_z = ex.body_pos(peg)[2] + 0.14  # peg top + 4 cm
+
+    def over_peg(turn: float = 0.0) -> Callable[[], np.ndarray]:
+        def target() -> np.ndarray:  # the grip above the peg so that the nut's centre is on it
+            off = (ex.eef_pos - ex.body_pos(nut))[:2]
+            off = _rot_z(turn)[:2, :2] @ off
+            return np.array([*(peg_xy + off), carry_z])
+
+        return target
+
+    def down() -> np.ndarray:  # lower the nut until it rests on the table
+        return np.array([*ex.goal[:2], ex.eef_pos[2] - (ex.body_pos(nut)[2] - SQUARE_NUT_REST_Z)])
+
+    return [
+        Phase("approach", lambda: grip_point() + 0.08 * up, OPEN, tol=0.01, yaw=lambda: grasp_yaw, rot_tol=0.05),
+        Phase("descend", lambda: grip_point() + 0.003 * up, OPEN, tol=0.005, timeout=40, noisy=False),
+        Phase("grasp", lambda: ex.eef_pos, CLOSE, steps=10, noisy=False),
+        Phase("lift", lambda: np.array([*ex.eef_pos[:2], carry_z]), CLOSE, tol=0.02),
+        Phase("carry", over_peg(turn), CLOSE, tol=0.01, timeout=120, yaw=lambda: place_yaw, rot_tol=0.03),
+        Phase("align", over_peg(), CLOSE, tol=0.004, timeout=40, noisy=False),
+        Phase("align2", over_peg(), CLOSE, tol=0.003, timeout=30, noisy=False),
+        Phase("lower", down, CLOSE, tol=0.01, timeout=60, noisy=False),
+        Phase("release", lambda: ex.eef_pos, OPEN, steps=6, noisy=False),
+        Phase("retreat", lambda: ex.eef_pos + 0.10 * up, OPEN, tol=0.02, noisy=False, timeout=200),
+    ]
+
+
 PLACE_SPOTS = np.array([[0.12, 0.0], [-0.12, 0.0], [0.0, 0.12], [0.0, -0.12]])
 """Lift/place4: where the cube is put down, relative to where it started (x, y) [m]."""
 
@@ -267,6 +373,7 @@ EXPERTS: dict[str, Callable[[WaypointExpert], list[Phase]]] = {
     "Lift": _lift_phases,
     "PickPlaceCan": _pick_place_can_phases,
     "Stack": _stack_phases,
+    "NutAssemblySquare": _square_phases,
     "LiftCue": _lift_cue_phases,
 }
 

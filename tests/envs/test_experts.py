@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from robopolicy.envs import experts
 from robopolicy.envs.experts import PLACE_SPOTS, ExpertNoise, make_expert
 from robopolicy.envs.robosuite_env import RobosuiteEnv
 
@@ -33,6 +34,35 @@ def test_other_experts_succeed(task):
         assert [_run(env, task, s) for s in range(2)] == [True, True]
     finally:
         env.close()
+
+
+def test_square_expert_fits_the_nut_on_its_peg():
+    """NutAssemblySquare: the nut ends around the peg, squared to it, on seeds whose handles point
+    away from (0), across (1) and at (6) the robot, each needing a different grasp and turn."""
+    env = RobosuiteEnv("NutAssemblySquare")
+    try:
+        raw = env.env
+        nut, peg = raw.obj_body_id["SquareNut"], raw.peg1_body_id
+        for seed in (0, 1, 6):
+            assert _run(env, "NutAssemblySquare", seed), f"seed {seed}"
+            pos = raw.sim.data.body_xpos[nut]
+            # centred on the peg and 8 cm below its top: around it
+            assert np.linalg.norm(pos[:2] - raw.sim.data.body_xpos[peg][:2]) < 0.01 and pos[2] < 0.87
+            w, z = raw.sim.data.body_xquat[nut][[0, 3]]  # the nut turns about z only
+            assert abs(experts._wrap(2 * np.arctan2(z, w), np.pi / 2)) < 0.1
+    finally:
+        env.close()
+
+
+def test_square_yaws_turn_the_nut_square_within_the_wrist_range():
+    lo, hi = experts.SQUARE_YAW_RANGE
+    for psi in np.linspace(-np.pi, np.pi, 73):
+        grasp, place = experts._square_yaws(psi, finger_yaw=-np.pi / 2)
+        assert abs(experts._wrap(grasp - np.pi / 2 - psi - np.pi / 2, np.pi)) < 1e-9  # fingers across the handle
+        handle = psi + place - grasp
+        assert abs(experts._wrap(handle, np.pi / 2)) < 1e-9  # nut square to the peg
+        assert lo <= grasp <= hi and lo <= place <= hi
+        assert abs(experts._wrap(handle, 2 * np.pi)) > 1.0  # the handle never points away from the robot
 
 
 def test_noise_changes_actions(lift_env):
@@ -76,9 +106,10 @@ def test_place4_puts_the_cube_down_on_the_spot_it_drew(lift_env):
     assert len(set(spots)) >= 3
 
 
-def test_make_expert_errors(lift_env):
-    with pytest.raises(ValueError, match="no scripted expert.*NutAssemblySquare"):
-        make_expert("NutAssemblySquare", lift_env)
+def test_make_expert_errors(lift_env, monkeypatch):
+    monkeypatch.delitem(experts.EXPERTS, "Stack")
+    with pytest.raises(ValueError, match="no scripted expert for task 'Stack'"):
+        make_expert("Stack", lift_env)
     with pytest.raises(ValueError, match="does not match"):
         make_expert("PickPlaceCan", lift_env)
     with pytest.raises(ValueError, match="noise action"):

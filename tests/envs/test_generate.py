@@ -46,14 +46,17 @@ def test_failed_episodes_dropped_or_flagged(tmp_path):
     assert len(store.episode(0)["action"]) == 5
 
 
-def test_bad_arguments_write_nothing(tmp_path):
+def test_bad_arguments_write_nothing(tmp_path, monkeypatch):
+    from robopolicy.envs import experts
+
+    monkeypatch.delitem(experts.EXPERTS, "Stack")
     out = tmp_path / "x.zarr"
     with pytest.raises(ValueError, match="unknown task 'Lfit'"):
         generate_demos("Lfit", 1, out, progress=False)
     with pytest.raises(ValueError, match="unknown camera 'front'"):
         generate_demos("Lift", 1, out, cameras=["front"], progress=False)
     with pytest.raises(ValueError, match="no scripted expert"):
-        generate_demos("NutAssemblySquare", 1, out, progress=False)
+        generate_demos("Stack", 1, out, progress=False)
     with pytest.raises(ValueError, match="n_episodes"):
         generate_demos("Lift", 0, out, progress=False)
     assert not out.exists()
