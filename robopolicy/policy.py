@@ -174,6 +174,7 @@ BUILTIN_POLICIES: dict[str, str] = {
     "diffusion": "robopolicy.policies.diffusion",
     "beso": "robopolicy.policies.beso",
     "ebt": "robopolicy.policies.ebt",
+    "seed": "robopolicy.policies.seed",
 }
 ENTRY_POINT_GROUP = "robopolicy.policies"
 """Entry-point group through which packages outside robopolicy register policies
@@ -380,6 +381,14 @@ class Policy(nn.Module):
 
     def reset(self, env_ids: Sequence[int] | None = None) -> None:
         """Clear the per-episode state of ``env_ids`` (all if None). Stateless policies do nothing."""
+
+    def training_carry(self) -> dict[str, torch.Tensor]:
+        """State a recurrent policy carries from one training batch to the next (tensors); the
+        trainer saves it in every checkpoint so a resumed run continues exactly. Default: none."""
+        return {}
+
+    def load_training_carry(self, carry: Mapping[str, torch.Tensor]) -> None:
+        """Restore :meth:`training_carry` (an empty mapping: start without one)."""
 
     def observe(self, obs: Mapping[str, Any], *, env_ids: Sequence[int]) -> None:
         """Every environment step's observation ``{key: (B, ...)}`` (only if ``observes_every_step``)."""

@@ -77,9 +77,11 @@ def test_output_shape_units_and_determinism(cls, cfg):
     policy = _build(cls, cfg)
     obs = _obs(cfg)
     a1 = policy.predict_action_chunk(obs, generator=_gen(7))
+    policy.reset()  # a stateful policy (per-environment state) is deterministic from the same state
     a2 = policy.predict_action_chunk(obs, generator=_gen(7))
     assert a1.shape == (3, cfg.horizon, ACTION_SPEC.dim)
     torch.testing.assert_close(a1, a2, rtol=0, atol=0)
+    policy.reset()
     many = policy.predict_action_chunk(obs, num_samples=4, generator=_gen(7))
     assert many.shape == (3, 4, cfg.horizon, ACTION_SPEC.dim)
     assert torch.isfinite(many).all()
@@ -94,6 +96,7 @@ def test_batch_equals_single_calls(cls, cfg):
     obs = _obs(cfg, batch=3)
     batched = policy.predict_action_chunk(obs, generator=[_gen(10 + i) for i in range(3)])
     for i in range(3):
+        policy.reset()  # each single call starts its environment fresh, as the batched call did
         single = policy.predict_action_chunk({k: v[i : i + 1] for k, v in obs.items()}, generator=[_gen(10 + i)])
         torch.testing.assert_close(batched[i : i + 1], single, rtol=1e-4, atol=1e-5)
 

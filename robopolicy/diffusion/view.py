@@ -9,8 +9,12 @@ Coordinate (variance exploding, k-diffusion / EDM style), on the *normalized* ac
 A variance-preserving (DDPM) model with ``x_vp = sqrt(a) x0 + sqrt(1-a) eps`` maps to it by
 ``x = x_vp / sqrt(a)`` and ``sigma = sqrt((1 - a) / a)`` (``a`` = alpha_bar). A view provides:
 
-* ``encode(obs) -> cond``: obs in env units ``{key: (B, To, ...)}``, normalized inside; once per
-  control step, reused across denoising steps and samples (``repeat_cond`` for N samples).
+* ``encode(obs, env_ids=None) -> cond``: obs in env units ``{key: (B, To, ...)}``, normalized
+  inside; once per control step, reused across denoising steps and samples (``repeat_cond`` for
+  N samples). ``env_ids`` (one per row) name the environments: a *stateful* view (a policy with
+  per-environment state, e.g. SeedPolicy's recurrent SEGA state) reads and advances the state of
+  those environments, once per call; without them every row starts fresh and nothing is kept.
+  Stateless views ignore them. Callers that know the environments (``predict``, RTI, RTC) pass them.
 * ``denoise(x, sigma, cond) -> x0_hat`` of x's shape; ``sigma`` a float or a (B,) tensor. A sigma
   outside ``[sigma_min, sigma_max]`` is refused (``ValueError``) unless the view was built with
   ``out_of_range="clamp"``, which clamps it explicitly. A view with ``token_sigma`` True (a model
@@ -31,7 +35,7 @@ schedule tables are computed once at construction, so one view may serve several
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -48,7 +52,7 @@ class DenoiserView(Protocol):
     sigma_max: float
     sigma_min: float
 
-    def encode(self, obs: Mapping[str, Any]) -> Any: ...
+    def encode(self, obs: Mapping[str, Any], env_ids: Sequence[int] | None = None) -> Any: ...
 
     def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor, cond: Any) -> torch.Tensor: ...
 
@@ -96,6 +100,7 @@ class _ViewBase:
         from_action_fn: Callable[[torch.Tensor], torch.Tensor] | None,
         snap_fn: Callable[[torch.Tensor], torch.Tensor] | None,
         out_of_range: str,
+        stateful: bool = False,
     ) -> None:
         if out_of_range not in ("error", "clamp"):
             raise ValueError(f"out_of_range must be 'error' or 'clamp', got {out_of_range!r}")
@@ -104,9 +109,12 @@ class _ViewBase:
         self.action_shape = tuple(action_shape)
         self.out_of_range = out_of_range
         self.token_sigma = False
+        self.stateful = stateful
         self._scalar_cache: dict[float, tuple[float, ...]] = {}  # sigma -> float32 scalars
 
-    def encode(self, obs: Mapping[str, Any]) -> Any:
+    def encode(self, obs: Mapping[str, Any], env_ids: Sequence[int] | None = None) -> Any:
+        if self.stateful:
+            return self.encode_fn(obs, env_ids=None if env_ids is None else list(env_ids))
         return self.encode_fn(obs)
 
     def from_action(self, action: torch.Tensor) -> torch.Tensor:
@@ -167,8 +175,11 @@ class VPDenoiserView(_ViewBase):
         snap_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         out_of_range: str = "error",
         token_sigma: bool = False,
+        stateful: bool = False,
     ) -> None:
-        super().__init__(model_fn, encode_fn, to_action_fn, action_shape, from_action_fn, snap_fn, out_of_range)
+        super().__init__(
+            model_fn, encode_fn, to_action_fn, action_shape, from_action_fn, snap_fn, out_of_range, stateful
+        )
         self.token_sigma = bool(token_sigma)
         self.schedule = schedule
         self.prediction_type = PredictionType(schedule.prediction_type)
@@ -312,8 +323,11 @@ class EDMDenoiserView(_ViewBase):
         from_action_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         snap_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         out_of_range: str = "error",
+        stateful: bool = False,
     ) -> None:
-        super().__init__(model_fn, encode_fn, to_action_fn, action_shape, from_action_fn, snap_fn, out_of_range)
+        super().__init__(
+            model_fn, encode_fn, to_action_fn, action_shape, from_action_fn, snap_fn, out_of_range, stateful
+        )
         if schedule not in self.SCHEDULES:
             raise ValueError(f"schedule must be one of {self.SCHEDULES}, got {schedule!r}")
         if not 0 < sigma_min < sigma_max:

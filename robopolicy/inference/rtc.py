@@ -506,6 +506,7 @@ class RTC:
                 ws = [row_w[i] for i in guided]
             x0 = self._sample_guided(
                 _rows(obs, guided),
+                [env_ids[i] for i in guided],
                 torch.stack(prefixes).to(actions.device),
                 torch.stack(ws),
                 None if noise is None else _noise_rows(noise, guided, self.view.action_shape).to(actions.device),
@@ -522,6 +523,7 @@ class RTC:
     def _sample_guided(
         self,
         obs: Mapping[str, Any],
+        env_ids: list[int],
         prefix_actions: torch.Tensor,
         weights: torch.Tensor,
         noise: torch.Tensor | None,
@@ -529,7 +531,7 @@ class RTC:
     ) -> torch.Tensor:
         """Normalized chunks of the guided rows (the prefix given in env units)."""
         with self.policy.inference_mode(), cpu_threads(self.policy.engine_config.threads):
-            cond = self.view.encode(obs)
+            cond = self.view.encode(obs, env_ids=env_ids)
             if self.mode is RTCMode.TRAINED:
                 x0 = sample_prefix(
                     self.view,

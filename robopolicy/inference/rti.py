@@ -195,7 +195,7 @@ class RTI:
             nfe[cold] = torch.as_tensor(out.info.get("nfe", 0), dtype=torch.int64)
         if warm:
             with self.policy.inference_mode():
-                cond = self.view.encode(_rows(obs, warm))
+                cond = self.view.encode(_rows(obs, warm), env_ids=[env_ids[i] for i in warm])
                 guess = torch.stack([self.shifted_guess(self._guess[env_ids[i]]) for i in warm]).to(x0.device)
                 if self.config.init is WarmInit.RENOISE:
                     wg = None if generator is None else [gens[i] for i in warm]

@@ -304,6 +304,7 @@ class Trainer:
         self.wall_before = float(state["wall_time_s"])
         self.best = json.loads(state["best"]) if state.get("best") else None
         self.evals = json.loads(state.get("evals", "[]"))
+        self.policy.load_training_carry(state.get("policy_carry") or {})
         if self.acc.process_index == 0:
             ckpt.set_rng_state(state["rng"])
         else:  # only the main process saves its RNG; the others get fresh, distinct streams
@@ -325,6 +326,7 @@ class Trainer:
             "wall_time_s": self.wall_before + (time.perf_counter() - self._t_start),
             "best": json.dumps(self.best) if self.best else "",
             "evals": json.dumps(self.evals),
+            "policy_carry": {k: v.detach().cpu() for k, v in self.policy.training_carry().items()},
         }
 
     # ------------------------------------------------------------------ loop pieces

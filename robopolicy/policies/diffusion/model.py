@@ -104,8 +104,25 @@ class DiffusionPolicy(Policy):
             raise ValueError(
                 f"Diffusion Policy has no builder for backbone kind {config.backbone.kind!r} (it builds {built})"
             )
-        self.model = build(config, self.obs_encoder.out_dim)
+        self.model = build(config, self._build_condition(self.obs_encoder.out_dim))
         self.noise_scheduler = make_ddpm(config.noise)
+
+    stateful = False
+    """True for a subclass whose condition carries per-environment state (its view is stateful)."""
+
+    def _build_condition(self, feature_dim: int) -> int:
+        """Build what turns per-step obs features into the backbone's condition tokens; returns
+        their width. Diffusion Policy uses the features as they are (SeedPolicy adds SEGA)."""
+        return feature_dim
+
+    def condition(self, obs: Mapping[str, Any], env_ids: list[int] | None = None, engine: bool = False) -> torch.Tensor:
+        """The backbone's condition (B, To, D') for env-unit obs, at inference (the view's
+        ``encode``). ``env_ids``: the rows' environments, for a stateful condition."""
+        return self.encode_obs(obs, engine=engine)
+
+    def train_condition(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The condition of a training batch (``compute_loss``)."""
+        return self.encode_obs(batch["obs"])
 
     # ------------------------------------------------------------------ encoding
     def encode_obs(self, obs: Mapping[str, Any], engine: bool = False) -> torch.Tensor:
@@ -123,7 +140,7 @@ class DiffusionPolicy(Policy):
             if key not in batch:
                 raise KeyError(f"batch is missing {key!r}")
         action = self.normalizer.normalize("action", self.check_action(batch["action"]))
-        cond = self.encode_obs(batch["obs"])
+        cond = self.train_condition(batch)
         if cond.shape[0] != action.shape[0]:
             raise ValueError(f"obs batch size {cond.shape[0]} != action batch size {action.shape[0]}")
         noise = torch.randn_like(action)
@@ -173,16 +190,17 @@ class DiffusionPolicy(Policy):
                 from_action_fn=lambda a: self.normalizer.normalize("action", a),
                 snap_fn=self.snap_discrete,
                 token_sigma=self.config.train_max_delay > 0,
+                stateful=self.stateful,
             )
             self.__dict__["_view"] = view
         return view
 
-    def _engine_encode(self, obs: Mapping[str, Any]) -> Any:
-        """The view's ``encode``: obs features, prepared by the network's inference engine (its
+    def _engine_encode(self, obs: Mapping[str, Any], env_ids: list[int] | None = None) -> Any:
+        """The view's ``encode``: the condition, prepared by the network's inference engine (its
         per-chunk work, e.g. the U-Net's FiLM of the condition, is done here once)."""
         engine = self.network_engine(self.model)
         self.__dict__["_step_engine"] = engine
-        return engine.prepare(self.encode_obs(obs, engine=True))
+        return engine.prepare(self.condition(obs, env_ids, engine=True))
 
     def _engine_step(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any) -> torch.Tensor:
         """The view's network call: the engine that prepared ``cond``."""
@@ -218,7 +236,7 @@ class DiffusionPolicy(Policy):
         method = Sampler(options.sampler if options.sampler is not None else cfg.inference.sampler)
         steps = int(options.num_inference_steps or cfg.inference.num_inference_steps)
         view = self.denoiser_view()
-        cond = view.encode(obs)
+        cond = view.encode(obs, env_ids=env_ids)
         b, n = cond.shape[0], num_samples
         gens = row_generators(generator, b, n)
         x = self.initial_noise(options.noise, gens, b, n)
