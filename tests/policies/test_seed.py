@@ -17,7 +17,7 @@ from robopolicy.policies.seed import SeedConfig, SeedPolicy
 from robopolicy.policy import Policy
 from robopolicy.train.config import TrainConfig
 from robopolicy.train.schedule import make_optimizer as _make_optimizer
-from robopolicy.types import ActionSpec, FieldSpec, ObservationSpec
+from robopolicy.types import ActionSpec, FieldKind, FieldSpec, ObservationSpec
 
 OBS = ObservationSpec((FieldSpec("state", (3,)),))
 ACT = ActionSpec(names=("x", "y"), low=(-1, -1), high=(1, 1), units=("", ""), discrete=(False, False))
@@ -137,6 +137,31 @@ def test_every_parameter_is_optimized_once_sega_included():
     assert len(in_groups) == len(set(in_groups))
     assert set(in_groups) == {id(x) for x in p.parameters()}
     assert id(p.sega.initial_state) in in_groups and id(p.sega.state_pos) in in_groups
+
+
+@pytest.mark.parametrize("backbone", ["unet", "transformer"])
+def test_image_observations_go_through_sega(backbone):
+    spec = ObservationSpec((FieldSpec("state", (3,)), FieldSpec("image.front", (24, 24, 3), FieldKind.IMAGE)))
+    cfg = SeedPolicy.tiny_configs(spec, ACT)[backbone]
+    torch.manual_seed(0)
+    p = SeedPolicy(cfg)
+    rng = np.random.default_rng(0)
+    p.fit_normalizer({"state": rng.normal(size=(16, 3)), "action": rng.uniform(-1, 1, (16, 2))})
+    o = {
+        "state": rng.normal(size=(2, 2, 3)).astype(np.float32),
+        "image.front": rng.integers(0, 255, (2, 2, 24, 24, 3), dtype=np.uint8),
+    }
+    p.eval().predict(o, env_ids=[0, 1], generator=[gen(0), gen(1)])
+    s0 = p.state_of(0).clone()
+    o2 = dict(o, **{"image.front": rng.integers(0, 255, (2, 2, 24, 24, 3), dtype=np.uint8)})
+    p.predict(o2, env_ids=[0, 1], generator=[gen(0), gen(1)])
+    assert not torch.equal(p.state_of(0), s0)
+    p.train()
+    loss, _ = p.compute_loss(
+        {"obs": o, "action": torch.zeros(2, cfg.horizon, 2), "episode_start": torch.tensor([True, True])}
+    )
+    loss.backward()
+    assert p.sega.obs_proj[0].weight.grad is not None and p.obs_encoder is not None
 
 
 # ---------------------------------------------------------------------- training carry

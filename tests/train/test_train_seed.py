@@ -89,3 +89,23 @@ def test_resume_without_the_carry_would_differ(store, tmp_path):
     assert [a[k] for k in range(1, 5)] == [b[k] for k in range(1, 5)]
     assert any(a[k] != b[k] for k in range(5, 10))
     assert np.isfinite(list(b.values())).all()
+
+
+def test_seed_runs_unchanged_in_the_evaluation_runner_and_the_controller(store, tmp_path):
+    from robopolicy.control.controller import ENV_ID, Controller, ControllerConfig
+    from robopolicy.control.drivers import make_driver
+    from robopolicy.eval import evaluate
+
+    run = tmp_path / "run"
+    cfg = config(num_steps=2, checkpoint_every=2)
+    Trainer(cfg, *build_policy(cfg, open_store(str(store)))[:2], run, progress=False).fit()
+    suite = tmp_path / "lift.yaml"
+    suite.write_text("task: Lift\nmax_steps: 8\n")
+    report = evaluate(run, suite, episodes=2, workers=1, n_videos=0, progress=False)
+    assert report["episodes"] == 2 and all(e["length"] == 8 for e in report["per_episode"])
+    for strategy in ("replace", "rtc"):
+        policy = Policy.load(run / "latest")
+        arm = make_driver("mock", seed=0)
+        result = Controller(policy, arm, ControllerConfig(hz=50, max_ticks=20, strategy=strategy, seed=0)).run()
+        assert result.end_reason == "max_ticks" and not result.faults, (strategy, result.faults)
+        assert policy.state_of(ENV_ID) is not None  # one state, carried across the run's chunks
