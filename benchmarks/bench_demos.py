@@ -1,7 +1,7 @@
 """Scripted-demo generation speed and expert success rates (robosuite on CPU).
 
-Rate: ``generate_demos`` wall time (worker start-up and Zarr writes included) for Lift and
-PickPlaceCan, without cameras and with two 84x84 cameras (agentview + robot0_eye_in_hand),
+Rate: ``generate_demos`` wall time (worker start-up and Zarr writes included) for Lift,
+PickPlaceCan and NutAssemblySquare, without cameras and with two 84x84 cameras (agentview + robot0_eye_in_hand),
 with 1 and 2 workers. Success: the expert's success rate over ``--success-episodes`` seeded
 attempts (seeds 0..N-1, no cameras, 2 workers, default noise), also for the optional Stack expert.
 
@@ -27,7 +27,7 @@ from robopolicy.data.store import EpisodeStore
 from robopolicy.envs.generate import generate_demos
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = ("Lift", "PickPlaceCan")
+TASKS = ("Lift", "PickPlaceCan", "NutAssemblySquare")
 CAMERAS = ("agentview", "robot0_eye_in_hand")
 
 
@@ -63,6 +63,7 @@ def measure_success(task: str, n: int, noise: float, workers: int, tmp: Path) ->
         "noise": noise,
         "seconds": round(r.seconds, 1),
         "workers": workers,
+        "mean_episode_len": round(EpisodeStore.open(out).n_steps / max(r.n_written, 1), 1),
     }
 
 
@@ -74,12 +75,13 @@ def to_markdown(res: dict) -> str:
         "",
         "## Expert success rate (seeded attempts, no cameras)",
         "",
-        "| task | successes / attempts | rate | failed seeds |",
-        "|---|---|---|---|",
+        "| task | successes / attempts | rate | failed seeds | mean length of the successes |",
+        "|---|---|---|---|---|",
     ]
     for s in res["success"]:
         lines.append(
-            f"| {s['task']} | {s['successes']} / {s['attempts']} | {s['success_rate']:.0%} | {s['failed_seeds'] or '-'} |"
+            f"| {s['task']} | {s['successes']} / {s['attempts']} | {s['success_rate']:.0%} | "
+            f"{s['failed_seeds'] or '-'} | {s.get('mean_episode_len', '-')} |"
         )
     lines += [
         "",
