@@ -19,7 +19,6 @@ with one 84 px camera (the image rows: the camera encoder runs once per frame of
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
