@@ -54,3 +54,11 @@ def tiny_config(**overrides):
     )
     base.update(overrides)
     return TrainConfig(**base)
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    """``{step: loss}`` of the training rows of a run's ``metrics.jsonl``."""
+    import json
+
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from policy_fixture import make_store, tiny_config
+from policy_fixture import make_store, tiny_config, train_losses
 
 from robopolicy.train.data import open_store
 from robopolicy.train.run import build_policy
@@ -21,11 +20,6 @@ POLICY = {
     "backbone": {"kind": "unet", "down_dims": [16, 32], "kernel_size": 3, "diffusion_step_embed_dim": 16},
     "inference": {"sampler": "ddim", "num_inference_steps": 4},
 }
-
-
-def _losses(run_dir: Path) -> dict[int, float]:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
 
 
 def _trainer(cfg, store, run_dir) -> Trainer:
@@ -43,7 +37,7 @@ def test_diffusion_resume_is_exact(store, tmp_path):
     _trainer(cfg, store, tmp_path / "full").fit()
     _trainer(cfg, store, tmp_path / "part").fit(stop_at=2)
     _trainer(cfg, store, tmp_path / "part").fit(resume=True)
-    full, part = _losses(tmp_path / "full"), _losses(tmp_path / "part")
+    full, part = train_losses(tmp_path / "full"), train_losses(tmp_path / "part")
     assert part[3] == full[3] and part[4] == full[4]
 
 

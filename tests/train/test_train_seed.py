@@ -3,13 +3,12 @@ checkpoints (resume stays bit-exact), and a run that evaluates."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from policy_fixture import make_store, tiny_config
+from policy_fixture import make_store, tiny_config, train_losses
 
 from robopolicy.policy import Policy
 from robopolicy.train.data import SequentialStreamSampler, open_store
@@ -25,11 +24,6 @@ POLICY = {
     "reset_interval": 3,
     "inference": {"sampler": "ddim", "num_inference_steps": 4},
 }
-
-
-def _losses(run_dir: Path) -> dict[int, float]:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +62,7 @@ def test_seed_resume_is_exact_with_the_carry(store, tmp_path):
     Trainer(cfg, *build_policy(cfg, s)[:2], full, progress=False).fit()
     Trainer(cfg, *build_policy(cfg, s)[:2], part, progress=False).fit(stop_at=5)
     Trainer(cfg, *build_policy(cfg, s)[:2], part, progress=False).fit(resume=True)
-    a, b = _losses(full), _losses(part)
+    a, b = train_losses(full), train_losses(part)
     assert [a[k] for k in range(1, 10)] == [b[k] for k in range(1, 10)]  # bit-exact
     wa = Policy.load(full / "latest").state_dict()
     wb = Policy.load(part / "latest").state_dict()
@@ -85,7 +79,7 @@ def test_resume_without_the_carry_would_differ(store, tmp_path):
     policy, train_set, _ = build_policy(cfg, s)
     policy.load_training_carry = lambda carry: None  # a trainer that forgot the carry
     Trainer(cfg, policy, train_set, part, progress=False).fit(resume=True)
-    a, b = _losses(full), _losses(part)
+    a, b = train_losses(full), train_losses(part)
     assert [a[k] for k in range(1, 5)] == [b[k] for k in range(1, 5)]
     assert any(a[k] != b[k] for k in range(5, 10))
     assert np.isfinite(list(b.values())).all()

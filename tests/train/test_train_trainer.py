@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from policy_fixture import make_store, tiny_config
+from policy_fixture import make_store, tiny_config, train_losses
 
 from robopolicy.policy import Policy
 from robopolicy.train import checkpoint as ckpt
@@ -28,11 +28,6 @@ def store_path(tmp_path_factory) -> Path:
     return make_store(tmp_path_factory.mktemp("store") / "toy.zarr")
 
 
-def _losses(run_dir: Path) -> dict[int, float]:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
-
-
 def _trainer(config, store_path: Path, run_dir: Path) -> Trainer:
     policy, train_set, val_set = build_policy(config, open_store(str(store_path)))
     return Trainer(config, policy, train_set, run_dir, val_set=val_set, progress=False)
@@ -41,7 +36,7 @@ def _trainer(config, store_path: Path, run_dir: Path) -> Trainer:
 def test_loss_falls_and_run_dir_is_complete(store_path, tmp_path):
     run = tmp_path / "run"
     summary = train(tiny_config(num_steps=60), str(store_path), run, progress=False)
-    losses = _losses(run)
+    losses = train_losses(run)
     first, last = losses[5], losses[60]
     assert last < 0.5 * first, losses
     assert summary["steps"] == 60 and summary["final_loss"] == pytest.approx(last)
@@ -67,12 +62,12 @@ def test_resume_is_exact(store_path, tmp_path):
     torch.manual_seed(999)  # a fresh process would not share the global RNG state
     np.random.seed(999)
     _trainer(cfg, store_path, part).fit(resume=True, stop_at=3)
-    a, b = _losses(full), _losses(part)
+    a, b = train_losses(full), train_losses(part)
     assert [a[s] for s in (1, 2)] == [b[s] for s in (1, 2)]
     assert b[3] == a[3]  # bit-exact, not approx
     trainer = _trainer(cfg, store_path, part)
     trainer.fit(resume=True)
-    assert _losses(part)[6] == a[6]
+    assert train_losses(part)[6] == a[6]
     full_w = Policy.load(full / "latest").state_dict()
     part_w = Policy.load(part / "latest").state_dict()
     assert all(torch.equal(full_w[k], part_w[k]) for k in full_w)
@@ -173,4 +168,4 @@ def test_time_limit_ends_the_session_with_a_resumable_checkpoint(store_path, tmp
     assert ckpt.latest_complete(run).name == f"step_{summary['steps']}"
     done = _trainer(tiny_config(num_steps=50, checkpoint_every=20, log_every=1), store_path, run).fit(resume=True)
     assert not done["time_limit_reached"]
-    assert ckpt.latest_complete(run).name == "step_50" and 50 in _losses(run)
+    assert ckpt.latest_complete(run).name == "step_50" and 50 in train_losses(run)

@@ -5,12 +5,11 @@ and resume stays bit-exact with that sampler too. Also: an action field not name
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from policy_fixture import make_store, tiny_config
+from policy_fixture import make_store, tiny_config, train_losses
 
 from robopolicy.data.store import EpisodeStore
 from robopolicy.data.windows import DataWindows, SamplerKind
@@ -37,11 +36,6 @@ class StreamMLPPolicy(MLPPolicy):
     def compute_loss(self, batch):
         StreamMLPPolicy.seen.append(np.asarray(batch["episode_start"]).copy())
         return super().compute_loss(batch)
-
-
-def _losses(run_dir: Path) -> dict[int, float]:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +67,7 @@ def test_resume_is_exact_with_sequential_streams(store_path, tmp_path):
     Trainer(cfg, *build_policy(cfg, store)[:2], full, progress=False).fit()
     Trainer(cfg, *build_policy(cfg, store)[:2], part, progress=False).fit(stop_at=6)
     Trainer(cfg, *build_policy(cfg, store)[:2], part, progress=False).fit(resume=True)
-    a, b = _losses(full), _losses(part)
+    a, b = train_losses(full), train_losses(part)
     assert [a[s] for s in range(1, 11)] == [b[s] for s in range(1, 11)]  # bit-exact
 
 
