@@ -216,7 +216,9 @@ def _actor(args: argparse.Namespace, policy: Any, options: dict[str, Any]) -> An
         method=args.strategy,
         policy=options,
         rti=RTIConfig(steps=args.rti_steps, start_t=args.rti_start_t, sigma_start=args.rti_sigma_start),
-        rtc=RTCConfig(schedule=args.rtc_schedule, max_guidance=args.rtc_max_guidance, mode=args.rtc_mode),
+        rtc=RTCConfig(
+            schedule=args.rtc_schedule, max_guidance=args.rtc_max_guidance, mode=args.rtc_mode, steps=args.rtc_steps
+        ),
     ).build(policy)
 
 
