@@ -13,6 +13,7 @@ Works with DataLoader workers: the store is reopened by path in each process tha
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 
@@ -86,6 +87,29 @@ class EpisodeDataset(torch.utils.data.Dataset):
         return len(self.sampler)
 
     def __getitem__(self, i: int) -> dict:
+        k = self.windows.stream_chunks if self._sequential else 1
+        if k == 1:
+            item = self._window(i)
+        else:  # K consecutive windows of one episode, stacked; past its end the last is repeated
+            n = len(self.sampler)
+            i = i + n if i < 0 else i
+            if not 0 <= i < n:
+                raise IndexError(f"window {i} out of range ({n} windows)")
+            last = int(self._last_window[i])
+            idx = [i + j * self.windows.stream_stride for j in range(k)]
+            parts = [self._window(min(j, last)) for j in idx]
+            item = {
+                "obs": {key: np.stack([p["obs"][key] for p in parts]) for key in self.obs_keys},
+                "action": np.stack([p["action"] for p in parts]),
+            }
+            for name in self.windows.extras:
+                item[name] = np.stack([p[name] for p in parts])
+            item["chunk_valid"] = np.asarray([j <= last for j in idx], dtype=bool)
+        if self._sequential:
+            item["episode_start"] = bool(self.sampler.windows[i, 1] == 0)
+        return item
+
+    def _window(self, i: int) -> dict:
         w = self.sampler[i]
         item = {
             "obs": {k: w[k] for k in self.obs_keys},
@@ -93,9 +117,15 @@ class EpisodeDataset(torch.utils.data.Dataset):
         }
         for name in self.windows.extras:
             item[name] = w[name]
-        if self._sequential:
-            item["episode_start"] = bool(self.sampler.windows[i, 1] == 0)
         return item
+
+    @functools.cached_property
+    def _last_window(self) -> np.ndarray:
+        """(W,) index of the last window of each window's episode."""
+        out = np.empty(len(self.sampler), dtype=np.int64)
+        for first, end in self.sampler.episode_window_ranges():
+            out[first:end] = end - 1
+        return out
 
     def fields_for_normalizer(self) -> dict[str, np.ndarray]:
         """``{key: (N, *shape)}`` of the low-dim obs keys and ``"action"`` (read from the action

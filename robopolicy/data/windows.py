@@ -17,6 +17,11 @@ this is exactly diffusion_policy's ``SequenceSampler`` with ``pad_before = To - 
 ``sampler`` chooses how the trainer draws windows: ``random`` (a seeded permutation per epoch)
 or ``sequential`` (each batch row follows one episode in order, ``stream_stride`` steps per
 batch, for recurrent policies such as SeedPolicy; items then carry ``episode_start``).
+``stream_chunks = K > 1`` (sequential only): an item is ``K`` consecutive windows of one episode
+(``stream_stride`` apart, every field stacked on a new axis 0, ``(K, ...)``), the stream moves
+``K * stream_stride`` steps per batch, and ``chunk_valid`` ``(K,)`` marks the windows that are
+really in the episode (past its last window the last one is repeated, marked False). A
+recurrent policy back-propagates through the ``K`` chunks of an item.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ class DataWindows:
     sampler: SamplerKind = SamplerKind.RANDOM
     stream_stride: int = 1
     """Sequential sampler: steps between a row's consecutive windows (usually Ta)."""
+    stream_chunks: int = 1
+    """Sequential sampler: consecutive windows per item (back-propagation through K chunks)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "obs_offsets", {k: tuple(int(o) for o in v) for k, v in self.obs_offsets.items()})
@@ -88,7 +95,11 @@ class DataWindows:
             raise ValueError(f"DataWindows.pad_after must be >= 0, got {self.pad_after}")
         if self.stream_stride < 1:
             raise ValueError(f"DataWindows.stream_stride must be >= 1, got {self.stream_stride}")
-        clash = set(self.extras) & {"obs", "action", "episode_start"}
+        if self.stream_chunks < 1:
+            raise ValueError(f"DataWindows.stream_chunks must be >= 1, got {self.stream_chunks}")
+        if self.stream_chunks > 1 and self.sampler is not SamplerKind.SEQUENTIAL:
+            raise ValueError("DataWindows.stream_chunks > 1 needs the sequential sampler")
+        clash = set(self.extras) & {"obs", "action", "episode_start", "chunk_valid"}
         if clash:
             raise ValueError(f"DataWindows.extras may not be named {sorted(clash)}")
 
@@ -104,6 +115,7 @@ class DataWindows:
         obs_stride: int = 1,
         extras: Mapping[str, FrameRef] | None = None,
         sampler: SamplerKind | str = SamplerKind.RANDOM,
+        stream_chunks: int = 1,
     ) -> DataWindows:
         """Diffusion Policy's windows: ``To`` obs frames (every ``obs_stride`` steps) ending at the
         anchor, ``H`` actions starting ``To - 1`` steps before it, overhang ``Ta - 1``."""
@@ -118,6 +130,7 @@ class DataWindows:
             pad_after=max(0, n_action_steps - 1),
             sampler=sampler,
             stream_stride=max(1, n_action_steps),
+            stream_chunks=stream_chunks,
         )
 
     @property
@@ -143,4 +156,5 @@ class DataWindows:
             "pad_after": self.pad_after,
             "sampler": self.sampler.value,
             "stream_stride": self.stream_stride,
+            "stream_chunks": self.stream_chunks,
         }

@@ -127,7 +127,8 @@ def make_train_sampler(dataset: Dataset, config: TrainConfig, rank: int = 0, wor
     windows = getattr(dataset, "windows", None)
     if windows is not None and windows.sampler is SamplerKind.SEQUENTIAL:
         ranges = dataset.sampler.episode_window_ranges()
-        return SequentialStreamSampler(ranges, windows.stream_stride, config.batch_size, config.seed, rank, world)
+        stride = windows.stream_stride * windows.stream_chunks  # an item holds stream_chunks windows
+        return SequentialStreamSampler(ranges, stride, config.batch_size, config.seed, rank, world)
     return ResumableSampler(len(dataset), config.seed, rank, world)
 
 

@@ -118,6 +118,28 @@ def test_sequential_streams_follow_episodes_in_order(store):
     assert all(ds.sampler.windows[b[0], 0] != ds.sampler.windows[b[1], 0] for b in batches)
 
 
+def test_stream_chunks_stack_consecutive_windows_and_mark_those_past_the_end(store):
+    windows = DataWindows.from_timing(["state"], 4, 2, 2, action_key="act", sampler="sequential", stream_chunks=3)
+    ds = EpisodeDataset(store, windows=windows)
+    single = EpisodeDataset(store, windows=DataWindows.from_timing(["state"], 4, 2, 2, action_key="act", sampler="sequential"))
+    ranges = ds.sampler.episode_window_ranges()
+    for first, end in ranges:
+        for i in range(first, end, 2 * 3):  # what the trainer's sampler hands out: stride Ta * K
+            item = ds[i]
+            assert item["obs"]["state"].shape == (3, 2, 3) and item["action"].shape == (3, 4, 2)
+            assert item["episode_start"] == (i == first)
+            for j in range(3):
+                w = i + 2 * j
+                assert item["chunk_valid"][j] == (w < end)
+                ref = single[min(w, end - 1)]  # past the end: the last window, repeated
+                np.testing.assert_array_equal(item["obs"]["state"][j], ref["obs"]["state"])
+                np.testing.assert_array_equal(item["action"][j], ref["action"])
+    with pytest.raises(ValueError, match="sequential"):
+        DataWindows.from_timing(["state"], 4, 2, 2, stream_chunks=2)
+    with pytest.raises(ValueError, match="stream_chunks"):
+        DataWindows.from_timing(["state"], 4, 2, 2, sampler="sequential", stream_chunks=0)
+
+
 def test_sequential_sampler_resumes_exactly_mid_epoch(store):
     windows = DataWindows.from_timing(["state"], 4, 2, 2, action_key="act", sampler="sequential")
     ds = EpisodeDataset(store, windows=windows)

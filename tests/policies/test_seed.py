@@ -200,6 +200,60 @@ def test_the_training_state_is_carried_detached_reset_at_starts_and_periodically
     assert torch.equal(q.training_carry()["age"], carry["age"])
 
 
+def chunked(b: int, k: int, valid=None) -> dict:
+    rng = np.random.default_rng(1)
+    return {
+        "obs": {"state": torch.as_tensor(rng.normal(size=(b, k, 2, 3)), dtype=torch.float32)},
+        "action": torch.as_tensor(rng.uniform(-1, 1, (b, k, 8, 2)), dtype=torch.float32),
+        "chunk_valid": torch.ones(b, k, dtype=torch.bool) if valid is None else torch.tensor(valid),
+        "episode_start": torch.ones(b, dtype=torch.bool),
+    }
+
+
+def write_path_grad(p: SeedPolicy) -> float:
+    """Gradient norm of the state stream's last block: what writes the state (and the gate)."""
+    grads = [q.grad for q in p.sega.state_blocks[-1].parameters() if q.grad is not None]
+    return float(sum(g.norm() ** 2 for g in grads)) ** 0.5 if grads else 0.0
+
+
+def test_one_chunk_bptt_leaves_the_state_write_untrained_and_k_chunks_train_it():
+    p = build().train()
+    loss, _ = p.compute_loss(batch(2, [True, True]))  # the first chunk of each row
+    loss.backward()
+    p.zero_grad()
+    loss, _ = p.compute_loss(batch(2, [False, False]))  # its next chunk: reads the carried state
+    loss.backward()
+    assert write_path_grad(p) == 0.0  # the reference's truncated BPTT: the write never reaches a loss
+    q = build().train()
+    loss, _ = q.compute_loss(chunked(2, 2))  # two chunks per row, through the state
+    loss.backward()
+    assert write_path_grad(q) > 0.0
+    assert q.training_carry()["age"].tolist() == [1, 1]  # two chunks old after one K = 2 batch
+
+
+def test_k_chunk_rows_match_the_chunks_run_one_by_one_and_drop_chunks_past_the_end():
+    p = build().train()
+    item = chunked(2, 3, valid=[[True, True, True], [True, True, False]])
+    torch.manual_seed(0)
+    loss, _ = p.compute_loss(item)
+    carry = p.training_carry()["state"]
+    # the same rows fed one chunk per batch reach the same state
+    q = build().train()
+    for j in range(3):
+        q.compute_loss({"obs": {"state": item["obs"]["state"][:, j]}, "action": item["action"][:, j],
+                        "episode_start": torch.tensor([j == 0, j == 0])})
+    torch.testing.assert_close(q.training_carry()["state"], carry)
+    # a chunk marked past the end is out of the loss
+    changed = {**item, "action": item["action"].clone()}
+    changed["action"][1, 2] = 0.9
+    r = build().train()
+    torch.manual_seed(0)
+    same, _ = r.compute_loss(changed)
+    torch.testing.assert_close(same, loss)
+    with pytest.raises(ValueError, match="lead with"):
+        p.compute_loss({**item, "action": item["action"][:, :2]})
+
+
 # ---------------------------------------------------------------------- the view, RTI, RTC
 def test_the_stateful_view_advances_the_named_environments_and_rti_rtc_run_on_it():
     p = build()

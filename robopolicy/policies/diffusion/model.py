@@ -160,12 +160,20 @@ class DiffusionPolicy(Policy):
             target = action
         else:
             target = self.noise_scheduler.get_velocity(action, noise, t)
-        if prefix is None:
+        row_valid = batch.get("row_valid")  # (B,) bool: rows in the loss (e.g. chunks past an episode's end out)
+        if prefix is None and row_valid is None:
             loss = F.mse_loss(pred, target)
             return loss, {"loss": float(loss.detach())}
-        keep = (~prefix)[..., None].expand_as(pred).to(pred.dtype)
-        loss = (F.mse_loss(pred, target, reduction="none") * keep).sum() / keep.sum()
-        return loss, {"loss": float(loss.detach()), "prefix_frac": float(prefix.float().mean())}
+        keep = torch.ones_like(pred)
+        if prefix is not None:
+            keep = keep * (~prefix)[..., None].to(pred.dtype)
+        if row_valid is not None:
+            keep = keep * torch.as_tensor(row_valid, device=pred.device).reshape(-1, 1, 1).to(pred.dtype)
+        loss = (F.mse_loss(pred, target, reduction="none") * keep).sum() / keep.sum().clamp_min(1.0)
+        info = {"loss": float(loss.detach())}
+        if prefix is not None:
+            info["prefix_frac"] = float(prefix.float().mean())
+        return loss, info
 
     def _delay_prefix(self, b: int, device: torch.device) -> torch.Tensor | None:
         """(B, H) bool: the clean prefix of each row (``train_max_delay``), None when off."""

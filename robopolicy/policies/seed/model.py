@@ -15,8 +15,10 @@ stored.
 
 **Training.** Windows come as sequential streams (``SeedConfig.data_windows``): row ``j`` of
 consecutive batches holds consecutive chunks of one episode. The state of each row is carried to
-the next batch, detached (truncated back-propagation of one chunk), and reset at an episode's
-start and every ``reset_interval`` chunks. The carry is part of the training checkpoint
+the next batch, detached, and reset at an episode's start and every ``reset_interval`` chunks.
+With ``bptt_chunks = K`` (default 1, the reference's truncated back-propagation of one chunk) a
+row holds K consecutive chunks and the loss back-propagates through the state across them; with
+K = 1 the state's write path (the state stream's last layer, the gate) gets no gradient. The carry is part of the training checkpoint
 (:meth:`training_carry`), so a resumed run continues bit-exactly. Validation (eval mode) and
 random windows carry nothing: every row starts fresh. All SEGA parameters, the learned initial
 state included, are in the optimizer (the reference code leaves them out).
@@ -95,28 +97,73 @@ class SeedPolicy(DiffusionPolicy):
         return out
 
     # ------------------------------------------------------------------ training
+    def compute_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Diffusion Policy's loss. A batch of ``K``-chunk items (``chunk_valid`` (B, K), every
+        field (B, K, ...): ``bptt_chunks > 1``) is flattened to B*K rows, one backbone pass, the
+        chunks past an episode's end left out of the loss; the state runs through the K chunks
+        of each row with its gradient (:meth:`train_condition`)."""
+        valid = batch.get("chunk_valid")
+        if valid is None:
+            return super().compute_loss(batch)
+        valid = torch.as_tensor(valid, device=self.device).to(torch.bool)
+        if valid.ndim != 2:
+            raise ValueError(f"chunk_valid must be (B, K), got shape {tuple(valid.shape)}")
+        b, k = valid.shape
+        obs = {key: self._flat_chunks(key, v, b, k) for key, v in batch["obs"].items()}
+        flat = {
+            "obs": obs,
+            "action": self._flat_chunks("action", batch["action"], b, k),
+            "row_valid": valid.reshape(b * k),
+            "chunks": k,
+        }
+        if batch.get("episode_start") is not None:
+            flat["episode_start"] = batch["episode_start"]
+        return super().compute_loss(flat)
+
+    @staticmethod
+    def _flat_chunks(key: str, v: Any, b: int, k: int) -> Any:
+        if tuple(v.shape[:2]) != (b, k):
+            raise ValueError(f"batch[{key!r}] must lead with (B, K) = ({b}, {k}) like chunk_valid, got {tuple(v.shape)}")
+        return v.reshape(b * k, *v.shape[2:])
+
     def train_condition(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The condition of a training batch. Rows of ``chunks`` consecutive windows (row-major,
+        B*K) run the state through their chunks with its gradient; in training mode, with
+        ``episode_start`` (sequential streams), the state is carried detached to the next batch
+        and reset at episode starts and every ``reset_interval`` chunks. Random windows and
+        validation start every row fresh."""
         feats = self.encode_obs(batch["obs"])
-        b = feats.shape[0]
+        k = int(batch.get("chunks", 1))
+        b = feats.shape[0] // k
         start = batch.get("episode_start")
-        if start is None or not self.training:  # random windows or validation: no history
+        carried = start is not None and self.training
+        if not carried and k == 1:  # random windows or validation: no history
             enhanced, _, gate = self.sega(feats)
             self.last_gate = gate
             return enhanced
-        start = torch.as_tensor(start, device=feats.device).reshape(b).to(torch.bool)
-        carry = self._carry
-        if carry and carry["state"].shape[0] == b:
-            state = carry["state"].to(feats.device)
-            age = carry["age"].to(feats.device) + 1
-        else:  # the first batch (or a changed batch size): every row starts fresh
-            state, age = None, torch.zeros(b, dtype=torch.int64, device=feats.device)
-            start = torch.ones_like(start)
-        reset = start | (age >= self.config.reset_interval)
-        age = torch.where(reset, torch.zeros_like(age), age)
-        enhanced, new, gate = self.sega(feats, state, reset)
-        self._carry = {"state": new.detach(), "age": age}
+        feats = feats.reshape(b, k, *feats.shape[1:])
+        state, age = None, torch.zeros(b, dtype=torch.int64, device=feats.device)
+        first = torch.ones(b, dtype=torch.bool, device=feats.device)
+        if carried:
+            first = torch.as_tensor(start, device=feats.device).reshape(b).to(torch.bool)
+            carry = self._carry
+            if carry and carry["state"].shape[0] == b:
+                state = carry["state"].to(feats.device)
+                age = carry["age"].to(feats.device) + 1
+            else:  # the first batch (or a changed batch size): every row starts fresh
+                first = torch.ones_like(first)
+        outs = []
+        for j in range(k):
+            if j:
+                age = age + 1
+            reset = (first if j == 0 else torch.zeros_like(first)) | (age >= self.config.reset_interval)
+            age = torch.where(reset, torch.zeros_like(age), age)
+            enhanced, state, gate = self.sega(feats[:, j], state, reset)
+            outs.append(enhanced)
+        if carried:
+            self._carry = {"state": state.detach(), "age": age}
         self.last_gate = gate
-        return enhanced
+        return torch.stack(outs, dim=1).reshape(b * k, *outs[0].shape[1:])
 
     def training_carry(self) -> dict[str, torch.Tensor]:
         return dict(self._carry)
