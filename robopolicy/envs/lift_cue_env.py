@@ -96,10 +96,23 @@ class LiftCue(Lift):
 
     def _check_success(self) -> bool:
         """The cube rests, released, with its centre within ``ZONE_RADIUS`` of the cued zone's."""
+        return self._placed_in() == self.cue_side
+
+    def _placed_in(self) -> int | None:
+        """The zone (index into ``SIDES``) the cube rests in, released; None if none."""
         cube = np.asarray(self.sim.data.body_xpos[self.cube_body_id])
-        in_zone = np.linalg.norm(cube[:2] - ZONES[self.cue_side]) < ZONE_RADIUS
-        resting = cube[2] - self.table_offset[2] < REST_HEIGHT
-        return bool(in_zone and resting and not self._check_grasp(self.robots[0].gripper, self.cube))
+        if cube[2] - self.table_offset[2] >= REST_HEIGHT or self._check_grasp(self.robots[0].gripper, self.cube):
+            return None
+        for i, centre in enumerate(ZONES):
+            if np.linalg.norm(cube[:2] - centre) < ZONE_RADIUS:
+                return i
+        return None
+
+    def outcome(self) -> dict[str, str]:
+        """How an episode ended, beyond success: ``placed`` is ``cued`` (the success), ``other``
+        (put down in the zone that was not cued: the cue forgotten or misread) or ``none``."""
+        zone = self._placed_in()
+        return {"placed": "none" if zone is None else "cued" if zone == self.cue_side else "other"}
 
 
 __all__ = ["LiftCue", "ZONE_RGBA", "CUE_RGBA"]

@@ -241,6 +241,12 @@ class RobosuiteEnv:
         """The task's own success check on the current sim state."""
         return bool(self.env._check_success())
 
+    def outcome(self) -> dict[str, str] | None:
+        """The task's categorical outcome of the current state (e.g. LiftCue's ``placed``:
+        cued / other / none), for tasks that define ``outcome()``; None for the others."""
+        fn = getattr(self.env, "outcome", None)
+        return dict(fn()) if callable(fn) else None
+
     @property
     def last_obs(self) -> dict[str, np.ndarray] | None:
         """The observation returned by the latest ``reset``/``step`` (None before the first)."""

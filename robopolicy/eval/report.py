@@ -33,6 +33,8 @@ def build_report(
         }
     if any(e.get("energy") for e in episodes):
         extras["energy"] = energy_summary(episodes)
+    if any(e.get("outcome") for e in episodes):
+        extras["outcomes"] = outcome_counts(episodes)
     ok_lengths = [e["length"] for e in episodes if e["success"]]
     steps = int(sum(lengths))
     return {
@@ -83,6 +85,8 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"- goal-conditioned: task success {g['task_successes']}/{report['episodes']}, "
             f"goal reached {g['goals_reached']}/{report['episodes']}"
         )
+    for key, counts in report.get("outcomes", {}).items():
+        rows.append(f"- outcome `{key}`: " + ", ".join(f"{v} {n}/{report['episodes']}" for v, n in counts.items()))
     if report["suite_config"].get("perturbation"):
         rows.append(f"- scripted perturbation: `{json.dumps(report['suite_config']['perturbation'])}`")
     if "energy" in report:
@@ -99,6 +103,17 @@ def to_markdown(report: dict[str, Any]) -> str:
     if report["videos"]:
         rows += ["", "Videos:", *[f"- [{Path(v).name}](videos/{Path(v).name})" for v in report["videos"]]]
     return "\n".join(rows) + "\n"
+
+
+def outcome_counts(episodes: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """``{key: {value: episodes}}`` over the episodes' categorical ``outcome`` dicts (tasks that
+    define one, e.g. LiftCue's ``placed``), values in order of first appearance."""
+    out: dict[str, dict[str, int]] = {}
+    for e in episodes:
+        for key, value in (e.get("outcome") or {}).items():
+            counts = out.setdefault(key, {})
+            counts[str(value)] = counts.get(str(value), 0) + 1
+    return out
 
 
 def _fmt(v: float | None) -> str:

@@ -224,6 +224,8 @@ def _run_episodes(
                         result["goal_distance"] = float(rep["goal_distance"])
                 if shove is not None:
                     result["perturbed_steps"] = slot.perturbed_steps
+                if rep.get("outcome"):
+                    result["outcome"] = rep["outcome"]
                 if slot.energy:
                     result["energy"] = [[t, e] for t, e in slot.energy]
                 results[slot.index] = result

@@ -98,6 +98,7 @@ def _run(env: Any, ep: _Episode, actions: np.ndarray, fps: int, video_size: int,
         "reward": ep.reward,
         "video": None,
         "perturbed_steps": ep.perturbed_steps,
+        "outcome": env.outcome() if done else None,
     }
     if done and ep.video:
         from robopolicy.eval.video import write_mp4

@@ -83,13 +83,15 @@ def test_success_is_the_cube_resting_in_the_cued_zone(cue_env):
         _rollout(cue_env, 5, np.zeros((0, 7)), cue=cue)
         cue_env.env.cue_side = cue  # forced_cue applies at reset; keep it for the checks
         _place_cube(cue_env, ZONES[cue])
-        assert cue_env.is_success()
+        assert cue_env.is_success() and cue_env.outcome() == {"placed": "cued"}
         _place_cube(cue_env, ZONES[1 - cue])
         assert not cue_env.is_success()  # the other zone
+        assert cue_env.outcome() == {"placed": "other"}  # what a policy that forgot the cue does
         _place_cube(cue_env, ZONES[cue] + [ZONE_RADIUS + 0.01, 0.0])
         assert not cue_env.is_success()  # beside the zone
         _place_cube(cue_env, ZONES[cue], z=0.9)
         assert not cue_env.is_success()  # above it, not resting
+        assert cue_env.outcome() == {"placed": "none"}
         _place_cube(cue_env, np.zeros(2))
         assert not cue_env.is_success()  # where it starts
 
@@ -159,4 +161,4 @@ def test_generated_demos_and_eval_workers(tmp_path):
         (first,) = vec.call([(0, "reset", (1, None))])
         np.testing.assert_allclose(first["object"], ep["object"][0], atol=1e-6)
         (rep,) = vec.call([(0, "run", ep["action"])])
-    assert rep["success"]
+    assert rep["success"] and rep["outcome"] == {"placed": "cued"}  # an eval report counts outcomes
