@@ -74,6 +74,36 @@ def run_cell(args: argparse.Namespace) -> int:
         print(f"{name}: already measured ({out_json}); --reeval to evaluate again, --force to redo all")
         return 0
     run_dir = REPO / args.runs / name
+    lock = take_lock(run_dir.with_name(f"{name}.lock"))
+    if lock is None:
+        print(f"{name}: another process is running this cell; skipped")
+        return 0
+    try:
+        return _run_cell(args, task, name, to, run_dir, out_json)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def take_lock(path: Path) -> Path | None:
+    """Claim a cell for this process (two queues may list it); None if a live process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(path.read_text() or 0), 0)
+                return None  # held by a live process
+            except (ProcessLookupError, ValueError):
+                path.unlink(missing_ok=True)  # a dead holder's lock
+                continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return path
+    return None
+
+
+def _run_cell(args: argparse.Namespace, task: dict, name: str, to: int, run_dir: Path, out_json: Path) -> int:
     horizon = chunk_for(to)
     overrides = [f"policy.n_obs_steps={to}", f"policy.horizon={horizon}", f"policy.n_action_steps={N_ACTION_STEPS}"]
     overrides += [f"num_steps={args.steps}"] if args.steps else []
@@ -184,9 +214,9 @@ def report(args: argparse.Namespace) -> int:
                          f"{r['params'] / 1e6:.2f} M | {lb:.1f} → {la:.1f} |")
         outcomes = {n: r["eval"].get("outcomes") for n, r in sorted(rows.items()) if r["eval"].get("outcomes")}
         if outcomes:
+            keys = sorted({(k, v) for o in outcomes.values() for k, vs in o.items() for v in vs})
             lines += ["", "Where the episodes ended (the task's outcome at the end of each episode):", "",
-                      "| cell | " + " | ".join(f"{k} = {v}" for k, vs in next(iter(outcomes.values())).items() for v in vs) + " |"]
-            keys = [(k, v) for k, vs in next(iter(outcomes.values())).items() for v in vs]
+                      "| cell | " + " | ".join(f"{k} = {v}" for k, v in keys) + " |"]
             lines.append("|---|" + "---|" * len(keys))
             for n, o in outcomes.items():
                 lines.append(f"| {n} | " + " | ".join(str(o.get(k, {}).get(v, 0)) for k, v in keys) + " |")
