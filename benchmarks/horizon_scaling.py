@@ -118,35 +118,83 @@ def _run_cell(args: argparse.Namespace, task: dict, name: str, to: int, run_dir:
         if (run_dir / "checkpoints").exists() and not args.force:
             cmd = [exe, "train", "--resume", str(run_dir), "--no-progress"]
         else:
-            cmd = [exe, "train", "--config", task["configs"][args.policy], "--data", task["data"],
-                   "--out", str(run_dir), "--no-progress", *overrides]
+            cmd = [
+                exe,
+                "train",
+                "--config",
+                task["configs"][args.policy],
+                "--data",
+                task["data"],
+                "--out",
+                str(run_dir),
+                "--no-progress",
+                *overrides,
+            ]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=REPO, env=env)
     summary = json.loads((run_dir / "summary.json").read_text())
     report_dir = run_dir / "eval"
-    cmd = [exe, "eval", "--checkpoint", str(run_dir), "--suite", task["suite"], "--out", str(report_dir),
-           "--episodes", str(args.episodes), "--workers", str(args.eval_workers), "--videos", "2", "--no-progress"]
+    cmd = [
+        exe,
+        "eval",
+        "--checkpoint",
+        str(run_dir),
+        "--suite",
+        task["suite"],
+        "--out",
+        str(report_dir),
+        "--episodes",
+        str(args.episodes),
+        "--workers",
+        str(args.eval_workers),
+        "--videos",
+        "2",
+        "--no-progress",
+    ]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=REPO, env=env)
     report = json.loads((report_dir / "report.json").read_text())
     params = count_params(run_dir)
     result = {
-        "cell": name, "task": args.task, "policy": args.policy, "mode": args.mode if args.policy == "seed" else "window",
-        "h": None if args.policy == "seed" and args.mode == "state" else args.h, "tag": args.tag, "n_obs_steps": to, "horizon": horizon,
-        "n_action_steps": N_ACTION_STEPS, "overrides": overrides,
+        "cell": name,
+        "task": args.task,
+        "policy": args.policy,
+        "mode": args.mode if args.policy == "seed" else "window",
+        "h": None if args.policy == "seed" and args.mode == "state" else args.h,
+        "tag": args.tag,
+        "n_obs_steps": to,
+        "horizon": horizon,
+        "n_action_steps": N_ACTION_STEPS,
+        "overrides": overrides,
         "train": {k: summary.get(k) for k in ("steps", "wall_time_s", "steps_per_s", "final_loss", "final_val_loss")},
-        "batch": args.batch or train_batch(run_dir), "params": params,
-        "eval": {k: report.get(k) for k in ("episodes", "successes", "success_rate", "ci95", "mean_length",
-                                             "wall_time_s", "latency_ms", "outcomes")},
+        "batch": args.batch or train_batch(run_dir),
+        "params": params,
+        "eval": {
+            k: report.get(k)
+            for k in (
+                "episodes",
+                "successes",
+                "success_rate",
+                "ci95",
+                "mean_length",
+                "wall_time_s",
+                "latency_ms",
+                "outcomes",
+            )
+        },
         "seeds": report.get("suite_config", {}).get("seed_start"),
-        "load_before": load_before, "load_after": os.getloadavg(),
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_meta(),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine_meta(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=2) + "\n")
     ev = result["eval"]
-    print(f"{name}: {ev['successes']}/{ev['episodes']} (95 % {ev['ci95'][0]:.2f}-{ev['ci95'][1]:.2f}), "
-          f"trained {summary['steps']} steps in {summary['wall_time_s'] / 60:.1f} min -> {out_json}")
+    print(
+        f"{name}: {ev['successes']}/{ev['episodes']} (95 % {ev['ci95'][0]:.2f}-{ev['ci95'][1]:.2f}), "
+        f"trained {summary['steps']} steps in {summary['wall_time_s'] / 60:.1f} min -> {out_json}"
+    )
     return 0
 
 
@@ -161,7 +209,9 @@ def count_params(run_dir: Path) -> int:
     from robopolicy.policy import Policy
 
     latest = run_dir / "latest"
-    policy = Policy.load(latest if latest.exists() else json.loads((run_dir / "summary.json").read_text())["latest_policy"])
+    policy = Policy.load(
+        latest if latest.exists() else json.loads((run_dir / "summary.json").read_text())["latest_policy"]
+    )
     return int(sum(p.numel() for p in policy.parameters()))
 
 
@@ -178,45 +228,73 @@ def report(args: argparse.Namespace) -> int:
     if not cells:
         print(f"no results in {RESULTS}", file=sys.stderr)
         return 1
-    lines = ["# Horizon scaling: success against the observation horizon (issue 13)", "",
-             "`benchmarks/horizon_scaling.py` (one training run and one evaluation per cell; the per-cell",
-             "JSON files in `benchmarks/results/horizon_scaling/` hold the settings, the training time, the",
-             "load average before and after and the machine).", "",
-             "- **Diffusion Policy, To = h**: it sees h frames by stacking them.",
-             "- **SeedPolicy, To = 2 + state**: a window of 2 frames; everything older lives in its SEGA",
-             "  state, so one run serves every h (its history is the whole episode).",
-             "- **SeedPolicy, To = h**: SEGA over an h-frame window, plus the state.",
-             "- Ta = 8 everywhere; H = 16, and 24 at h = 16 (To - 1 + Ta = 23). Success is over the suite's",
-             "  held-out seeds (from 100000); brackets are Wilson 95 % intervals in %.", ""]
+    lines = [
+        "# Horizon scaling: success against the observation horizon (issue 13)",
+        "",
+        "`benchmarks/horizon_scaling.py` (one training run and one evaluation per cell; the per-cell",
+        "JSON files in `benchmarks/results/horizon_scaling/` hold the settings, the training time, the",
+        "load average before and after and the machine).",
+        "",
+        "- **Diffusion Policy, To = h**: it sees h frames by stacking them.",
+        "- **SeedPolicy, To = 2 + state**: a window of 2 frames; everything older lives in its SEGA",
+        "  state, so one run serves every h (its history is the whole episode).",
+        "- **SeedPolicy, To = h**: SEGA over an h-frame window, plus the state.",
+        "- Ta = 8 everywhere; H = 16, and 24 at h = 16 (To - 1 + Ta = 23). Success is over the suite's",
+        "  held-out seeds (from 100000); brackets are Wilson 95 % intervals in %.",
+        "",
+    ]
     for task, spec in TASKS.items():
         rows = {k: v for k, v in cells.items() if v["task"] == task}
         if not rows:
             continue
         lines += [f"## {spec['title']}", "", "| policy | h = 2 | h = 4 | h = 8 | h = 16 |", "|---|---|---|---|---|"]
-        lines.append("| Diffusion Policy (To = h) | " + " | ".join(fmt_cell(rows.get(f"{task}_dp_h{h}")) for h in HORIZONS) + " |")
+        lines.append(
+            "| Diffusion Policy (To = h) | "
+            + " | ".join(fmt_cell(rows.get(f"{task}_dp_h{h}")) for h in HORIZONS)
+            + " |"
+        )
         state = rows.get(f"{task}_seed_state")
-        lines.append("| SeedPolicy (To = 2 + state) | " + " | ".join([fmt_cell(state)] + ["same run" if state else "–"] * 3) + " |")
+        lines.append(
+            "| SeedPolicy (To = 2 + state) | "
+            + " | ".join([fmt_cell(state)] + ["same run" if state else "–"] * 3)
+            + " |"
+        )
         seed_h = [rows.get(f"{task}_seed_h{h}") for h in HORIZONS]
         seed_h[0] = seed_h[0] or state
         lines.append("| SeedPolicy (To = h) | " + " | ".join(fmt_cell(r) for r in seed_h) + " |")
-        for name, r in sorted(rows.items()):
+        for _, r in sorted(rows.items()):
             if r.get("tag"):
                 what = "To = 2 + state" if r["h"] is None else f"To = {r['n_obs_steps']}"
-                cells_ = [fmt_cell(r) if r["h"] in (None, h) else ("same run" if r["h"] is None else "–") for h in HORIZONS]
-                lines.append(f"| {r['policy']} ({what}, {r['tag']}: {' '.join(r['overrides'][3:])}) | " + " | ".join(cells_) + " |")
-        lines += ["", "| cell | To | H | steps × batch | training time | steps/s | final loss | params | load before → after |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                cells_ = [
+                    fmt_cell(r) if r["h"] in (None, h) else ("same run" if r["h"] is None else "–") for h in HORIZONS
+                ]
+                lines.append(
+                    f"| {r['policy']} ({what}, {r['tag']}: {' '.join(r['overrides'][3:])}) | "
+                    + " | ".join(cells_)
+                    + " |"
+                )
+        lines += [
+            "",
+            "| cell | To | H | steps × batch | training time | steps/s | final loss | params | load before → after |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, r in sorted(rows.items()):
             t = r["train"]
             lb, la = r["load_before"][0], r["load_after"][0]
-            lines.append(f"| {name} | {r['n_obs_steps']} | {r['horizon']} | {t['steps']} × {r.get('batch') or r.get('batch_size') or 'cfg'} | "
-                         f"{t['wall_time_s'] / 60:.1f} min | {t['steps_per_s']:.2f} | {t['final_loss']:.4f} | "
-                         f"{r['params'] / 1e6:.2f} M | {lb:.1f} → {la:.1f} |")
+            lines.append(
+                f"| {name} | {r['n_obs_steps']} | {r['horizon']} | {t['steps']} × {r.get('batch') or r.get('batch_size') or 'cfg'} | "
+                f"{t['wall_time_s'] / 60:.1f} min | {t['steps_per_s']:.2f} | {t['final_loss']:.4f} | "
+                f"{r['params'] / 1e6:.2f} M | {lb:.1f} → {la:.1f} |"
+            )
         outcomes = {n: r["eval"].get("outcomes") for n, r in sorted(rows.items()) if r["eval"].get("outcomes")}
         if outcomes:
             keys = sorted({(k, v) for o in outcomes.values() for k, vs in o.items() for v in vs})
-            lines += ["", "Where the episodes ended (the task's outcome at the end of each episode):", "",
-                      "| cell | " + " | ".join(f"{k} = {v}" for k, v in keys) + " |"]
+            lines += [
+                "",
+                "Where the episodes ended (the task's outcome at the end of each episode):",
+                "",
+                "| cell | " + " | ".join(f"{k} = {v}" for k, v in keys) + " |",
+            ]
             lines.append("|---|" + "---|" * len(keys))
             for n, o in outcomes.items():
                 lines.append(f"| {n} | " + " | ".join(str(o.get(k, {}).get(v, 0)) for k, v in keys) + " |")
@@ -253,9 +331,11 @@ def plot(cells: dict, path: Path) -> None:
         state = cells.get(f"{task}_seed_state")
         if state:
             ax.axhline(state["eval"]["success_rate"], color="tab:green", ls="--", label="Seed (To = 2 + state)")
-        for name, r in sorted(cells.items()):
+        for _, r in sorted(cells.items()):
             if r["task"] == task and r.get("tag") and r["h"] is None:
-                ax.axhline(r["eval"]["success_rate"], color="tab:purple", ls=":", label=f"Seed (To = 2 + state, {r['tag']})")
+                ax.axhline(
+                    r["eval"]["success_rate"], color="tab:purple", ls=":", label=f"Seed (To = 2 + state, {r['tag']})"
+                )
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(HORIZONS), [str(h) for h in HORIZONS])
         ax.set_ylim(-0.02, 1.02)
@@ -274,8 +354,12 @@ def main() -> int:
     r.add_argument("--task", choices=sorted(TASKS), required=True)
     r.add_argument("--policy", choices=("dp", "seed"), required=True)
     r.add_argument("--h", type=int, choices=HORIZONS, default=2, help="observation horizon (To = h)")
-    r.add_argument("--mode", choices=("window", "state"), default="window",
-                   help="seed only: To = h (window) or To = 2 with the history in the state (state)")
+    r.add_argument(
+        "--mode",
+        choices=("window", "state"),
+        default="window",
+        help="seed only: To = h (window) or To = 2 with the history in the state (state)",
+    )
     r.add_argument("--steps", type=int, default=None, help="training steps (default: the train config's)")
     r.add_argument("--batch", type=int, default=None, help="batch size (default: the train config's)")
     r.add_argument("--set", nargs="*", help="more KEY=VALUE train overrides (give the cell a --tag)")

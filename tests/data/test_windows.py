@@ -121,7 +121,9 @@ def test_sequential_streams_follow_episodes_in_order(store):
 def test_stream_chunks_stack_consecutive_windows_and_mark_those_past_the_end(store):
     windows = DataWindows.from_timing(["state"], 4, 2, 2, action_key="act", sampler="sequential", stream_chunks=3)
     ds = EpisodeDataset(store, windows=windows)
-    single = EpisodeDataset(store, windows=DataWindows.from_timing(["state"], 4, 2, 2, action_key="act", sampler="sequential"))
+    single = EpisodeDataset(
+        store, windows=DataWindows.from_timing(["state"], 4, 2, 2, action_key="act", sampler="sequential")
+    )
     ranges = ds.sampler.episode_window_ranges()
     for first, end in ranges:
         for i in range(first, end, 2 * 3):  # what the trainer's sampler hands out: stride Ta * K

@@ -77,10 +77,22 @@ def test_a_report_counts_categorical_outcomes_when_the_task_defines_them():
         e = {"episode": i, "seed": 100 + i, "success": success, "length": 10, "reward": 0.0, "nfe": 1, "video": None}
         return {**e, "outcome": outcome} if outcome else e
 
-    eps = [episode(0, True, {"placed": "cued"}), episode(1, False, {"placed": "other"}), episode(2, False, {"placed": "other"})]
-    kw = dict(suite={"name": "s", "task": "LiftCue", "max_steps": 10}, checkpoint=None, policy="p",
-              summary=success_summary([e["success"] for e in eps]), latency_ms={"p50": 1.0, "p95": 1.0},
-              mean_batch=1.0, wall_time_s=1.0, rollout_time_s=1.0, settings={"workers": 1})
+    eps = [
+        episode(0, True, {"placed": "cued"}),
+        episode(1, False, {"placed": "other"}),
+        episode(2, False, {"placed": "other"}),
+    ]
+    kw = dict(
+        suite={"name": "s", "task": "LiftCue", "max_steps": 10},
+        checkpoint=None,
+        policy="p",
+        summary=success_summary([e["success"] for e in eps]),
+        latency_ms={"p50": 1.0, "p95": 1.0},
+        mean_batch=1.0,
+        wall_time_s=1.0,
+        rollout_time_s=1.0,
+        settings={"workers": 1},
+    )
     report = build_report(episodes=eps, **kw)
     assert report["outcomes"] == {"placed": {"cued": 1, "other": 2}}
     assert "outcome `placed`: cued 1/3, other 2/3" in to_markdown(report)

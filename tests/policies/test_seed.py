@@ -240,8 +240,13 @@ def test_k_chunk_rows_match_the_chunks_run_one_by_one_and_drop_chunks_past_the_e
     # the same rows fed one chunk per batch reach the same state
     q = build().train()
     for j in range(3):
-        q.compute_loss({"obs": {"state": item["obs"]["state"][:, j]}, "action": item["action"][:, j],
-                        "episode_start": torch.tensor([j == 0, j == 0])})
+        q.compute_loss(
+            {
+                "obs": {"state": item["obs"]["state"][:, j]},
+                "action": item["action"][:, j],
+                "episode_start": torch.tensor([j == 0, j == 0]),
+            }
+        )
     torch.testing.assert_close(q.training_carry()["state"], carry)
     # a chunk marked past the end is out of the loss
     changed = {**item, "action": item["action"].clone()}

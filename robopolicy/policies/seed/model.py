@@ -123,7 +123,9 @@ class SeedPolicy(DiffusionPolicy):
     @staticmethod
     def _flat_chunks(key: str, v: Any, b: int, k: int) -> Any:
         if tuple(v.shape[:2]) != (b, k):
-            raise ValueError(f"batch[{key!r}] must lead with (B, K) = ({b}, {k}) like chunk_valid, got {tuple(v.shape)}")
+            raise ValueError(
+                f"batch[{key!r}] must lead with (B, K) = ({b}, {k}) like chunk_valid, got {tuple(v.shape)}"
+            )
         return v.reshape(b * k, *v.shape[2:])
 
     def train_condition(self, batch: Mapping[str, Any]) -> torch.Tensor:
