@@ -265,13 +265,13 @@ def report(args: argparse.Namespace) -> int:
         for _, r in sorted(rows.items()):
             if r.get("tag"):
                 what = "To = 2 + state" if r["h"] is None else f"To = {r['n_obs_steps']}"
-                cells_ = [
-                    fmt_cell(r) if r["h"] in (None, h) else ("same run" if r["h"] is None else "–") for h in HORIZONS
-                ]
+                if r["h"] is None:
+                    cells_ = [fmt_cell(r)] + ["same run"] * (len(HORIZONS) - 1)
+                else:
+                    cells_ = [fmt_cell(r) if r["h"] == h else "–" for h in HORIZONS]
+                who = {"dp": "Diffusion Policy", "seed": "SeedPolicy"}[r["policy"]]
                 lines.append(
-                    f"| {r['policy']} ({what}, {r['tag']}: {' '.join(r['overrides'][3:])}) | "
-                    + " | ".join(cells_)
-                    + " |"
+                    f"| {who} ({what}; {r['tag']}: {' '.join(r['overrides'][3:])}) | " + " | ".join(cells_) + " |"
                 )
         lines += [
             "",
