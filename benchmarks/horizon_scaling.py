@@ -338,6 +338,7 @@ def plot(cells: dict, path: Path) -> None:
                 )
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(HORIZONS), [str(h) for h in HORIZONS])
+        ax.set_xlim(1.6, 20)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("observation horizon h (frames)")
         ax.set_ylabel("success (50 held-out episodes)")
