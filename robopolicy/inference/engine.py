@@ -10,17 +10,24 @@ float tolerance) chosen per situation::
     eager       the training network as is (the reference)                      none
     gemm        CPU: convolutions as single GEMMs, FiLM split into a cached      milliseconds
                 per-step table and one per-chunk GEMM (robopolicy.nn.fast_unet)
-    compiled    ``gemm`` compiled ahead of time by TorchInductor (AOTInductor),  ~30 s once per
-                C++ wrapper, no Python per op; cached on disk by weights+shapes  network, batch
+    compiled    ``gemm`` compiled ahead of time by TorchInductor (AOTInductor),  ~1 min once per
+                C++ wrapper, no Python per op; cached on disk by weights,        network, batch
+                shapes and thread count. Batch <= 2: one package per batch,      size (<= 2) and
+                frozen (weights compiled in, prepacked), every GEMM from         thread count
+                Inductor's C++ micro-kernel template for its shape; larger
+                batches: one dynamic-batch package
     onnx        ONNX Runtime on the network with the FiLM inputs exposed         ~1 s per build
     auto        CPU: ``onnx`` up to batch 2, ``gemm`` above (and without onnxruntime, or if
                 the export fails);
                 CUDA: ``eager`` (cuDNN) in the chosen dtype, optionally CUDA-graphed
 
-Measured on a 2-core CPU (benchmarks/results/engines.md, lerobot.md): at batch 1 ``onnx`` runs
-a chunk of the small U-Net 2.5-3.1x faster than the training network (= lerobot), ``compiled``
-about as fast (after its compile), ``gemm`` about 1.5x; from batch 4 up ``onnx`` falls behind. ``robopolicy bench inference``
-measures them on the machine at hand.
+Measured on a 2-core CPU (benchmarks/results/engines.md, lerobot.md), small U-Net at batch 1:
+``compiled`` runs a DDIM-10 chunk 4.2x (2 threads) to 5.6x (1 thread) and a DDPM-100 chunk
+6.3-6.8x faster than lerobot's DiffusionPolicy on the same weights; ``onnx`` 2.5-3.1x, ``gemm``
+about 1.5x. ``auto`` does not pick ``compiled``: its first build of each set of weights costs
+about a minute, which an evaluation during training would pay at every evaluation. Deployments,
+which run one checkpoint for hours, should ask for ``compiled`` (``--engine compiled``).
+``robopolicy bench inference`` measures the engines on the machine at hand.
 
 ``EngineConfig.device`` moves the policy (``auto``: CUDA when there is one), ``dtype`` runs the
 network in bfloat16 / float16 under autocast on CUDA (the sampler stays float32), and
@@ -143,11 +150,13 @@ class NetworkEngine:
 
     def __init__(self, network: nn.Module, config: EngineConfig) -> None:
         self.network, self.config = network, config
-        self.versions = _versions(network)
+        self._slots = _parameter_slots(network)
+        self.versions = _versions(self._slots)
 
     def stale(self) -> bool:
-        """True when the source network's weights changed since this engine was built."""
-        return _versions(self.network) != self.versions
+        """True when the source network's weights changed since this engine was built (checked
+        once per chunk: the parameter slots are listed once, so no module walk per check)."""
+        return _versions(self._slots) != self.versions
 
     def prepare(self, cond: Any) -> Any:
         return cond
@@ -176,11 +185,23 @@ class NetworkEngine:
         return tt
 
 
-def _versions(network: nn.Module) -> tuple:
+def _parameter_slots(network: nn.Module) -> list[tuple[dict, str]]:
+    """Every parameter's slot, (its module's ``_parameters``, name): a parameter replaced in its
+    module shows up in the slot, and listing the slots once spares a module walk per check."""
+    return [(m._parameters, name) for m in network.modules() for name in m._parameters]
+
+
+def _versions(slots: list[tuple[dict, str]]) -> tuple:
     """What changes when weights change: each parameter's identity, storage and version counter
-    (an optimizer step, an in-place op, ``load_state_dict`` or ``p.data = t``). A write through
-    ``p.data.add_()`` bumps no counter: after one, call ``policy.set_engine(...)`` again."""
-    return tuple((id(p), p.data_ptr(), p._version) for p in network.parameters())
+    (an optimizer step, an in-place op, ``load_state_dict``, ``p.data = t`` or a new Parameter in
+    the slot). A write through ``p.data.add_()`` bumps no counter: after one, call
+    ``policy.set_engine(...)`` again."""
+    out = []
+    for params, name in slots:
+        p = params[name]
+        if p is not None:
+            out.append((id(p), p.data_ptr(), p._version))
+    return tuple(out)
 
 
 EngineBuilder = Callable[[nn.Module, EngineConfig, Backend], NetworkEngine]

@@ -255,8 +255,18 @@ def _load_other_weights(policy: DiffusionPolicy) -> None:
     policy.load_state_dict(tiny_policy(seed=7).state_dict())
 
 
+def _replace_parameters(policy: DiffusionPolicy) -> None:
+    """New Parameter objects in the modules' slots (the old ones untouched)."""
+    for module in policy.model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None:
+                setattr(module, name, torch.nn.Parameter(p.detach() + 0.05 * torch.randn_like(p)))
+
+
 @pytest.mark.parametrize("backend", ["gemm", "onnx"])
-@pytest.mark.parametrize("change", [_sgd_step, _no_grad_add, _load_other_weights], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "change", [_sgd_step, _no_grad_add, _load_other_weights, _replace_parameters], ids=lambda f: f.__name__
+)
 def test_the_engine_rebuilds_when_weights_change_in_place(backend, change):
     if backend == "onnx":
         pytest.importorskip("onnxruntime")
@@ -550,23 +560,25 @@ def test_the_compiled_engine_equals_eager_and_loads_from_its_disk_cache(tmp_path
     import torch._inductor
 
     policy = tiny_policy()
-    o = obs(3)
-    ref = predict(policy.set_engine("eager"), o, "ddim", 4)
+    o3, o1 = obs(3), obs(1)
+    ref3 = predict(policy.set_engine("eager"), o3, "ddim", 4)
+    ref1 = predict(policy, o1, "ddim", 4, num_samples=1, seed=1)
     config = EngineConfig(backend="compiled", cache_dir=str(tmp_path))
-    out = predict(policy.set_engine(config), o, "ddim", 4)  # compiles (~30 s)
-    close(out, ref, atol=1e-4)
+    out3 = predict(policy.set_engine(config), o3, "ddim", 4)  # batch 3: the dynamic-batch package
+    close(out3, ref3, atol=1e-4)
+    assert len(list((tmp_path / "engines").glob("*.pt2"))) == 1
+    out1 = predict(policy, o1, "ddim", 4, num_samples=1, seed=1)  # batch 1: a frozen package of its own
+    close(out1, ref1, atol=1e-4)
     packages = sorted((tmp_path / "engines").glob("*.pt2"))
-    assert len(packages) == 1
+    assert len(packages) == 2
 
     def no_compile(*args, **kwargs):
         raise AssertionError("compiled again although the package for these weights is on disk")
 
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compile)
-    policy.set_engine(dataclasses.replace(config))  # drops the built engine: a fresh one loads the package
-    again = predict(policy, o, "ddim", 4)
-    close(again, out, atol=1e-6)
-    single = predict(policy, obs(1), "ddim", 4, num_samples=1, seed=1)  # another batch size: same package
-    close(single, predict(policy.set_engine("eager"), obs(1), "ddim", 4, num_samples=1, seed=1), atol=1e-4)
+    policy.set_engine(dataclasses.replace(config))  # drops the built engine: a fresh one loads the packages
+    close(predict(policy, o3, "ddim", 4), out3, atol=1e-6)
+    close(predict(policy, o1, "ddim", 4, num_samples=1, seed=1), out1, atol=1e-6)
     assert sorted((tmp_path / "engines").glob("*.pt2")) == packages
 
 
