@@ -144,8 +144,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--engine",
         default=None,
-        help="inference engine: auto (default; CPU: gemm, CUDA: eager), eager, gemm, compiled, onnx "
-        "(robopolicy bench inference measures them on this machine)",
+        help="inference engine: auto (default; CPU: onnx up to batch 2, gemm above; CUDA: eager), eager, "
+        "gemm, onnx, compiled (the fastest at batch 1 on a CPU after a build of about a minute per "
+        "checkpoint, batch size and thread count, cached on disk; for deployments); robopolicy bench "
+        "inference measures them on this machine",
     )
     p.add_argument("--dtype", default=None, help="network precision on CUDA: float32 (default), bfloat16, float16")
     p.add_argument("--cuda-graph", action="store_true", help="replay each chunk's denoising loop as a CUDA graph")
