@@ -12,7 +12,8 @@ Parts:
     latency  batch 1, ``--threads`` threads (default 1), every row called in turn in each round
              (interleaved, so load changes hit all rows alike); p50 / p95 per chunk, network
              evaluations per chunk (a gradient step counts as a forward plus a backward) and
-             parameter count. RTI rows time a warm chunk.
+             parameter count. RTI rows time a warm chunk. ``--dp-engine compiled`` runs the
+             Diffusion Policy rows on that inference engine (default: the policy's, ``auto``).
     success  ``--episodes`` held-out episodes per row on ``--suite`` (50: seeds 100000-100049),
              written row by row to ``--out`` (a row already there is kept unless ``--redo``).
     table    the markdown table of few_step.md from the JSON files.
@@ -112,6 +113,8 @@ def cmd_latency(args: argparse.Namespace) -> dict[str, Any]:
         if ckpt is None:
             continue
         policy = Policy.load(policy_dir(ckpt))
+        if name.startswith("dp_") and args.dp_engine:
+            policy.set_engine(args.dp_engine)
         if obs is None:
             w0, _ = held_out_windows(policy, args.data, 8)
             obs = {k: np.asarray(v)[None] for k, v in w0[0].items()}
@@ -129,6 +132,7 @@ def cmd_latency(args: argparse.Namespace) -> dict[str, Any]:
             "checkpoint": str(policy_dir(ckpt)),
             "policy": policy.name,
             "parameters": int(sum(p.numel() for p in policy.parameters())),
+            "engine": policy.engine_config.backend.value,
             "nfe_per_chunk": float(nfe.float().mean()) if torch.is_tensor(nfe) else nfe,
             "inference": opts.to_dict(),
         }
@@ -266,6 +270,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--reps", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dp-engine", help="latency: the inference engine of the Diffusion Policy rows (default: auto)")
     p.add_argument("--dp-start-t", type=float, default=None, help="DP RTI start timestep")
     p.add_argument("--dp-start-t-from", help="read it from a bench_rti estimate JSON (its rti3 start_t)")
     p.add_argument("--beso-sigma", type=float, default=None, help="BESO RTI start sigma (default: estimated)")
