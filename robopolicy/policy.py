@@ -361,12 +361,14 @@ class Policy(nn.Module):
 
     def module_engine(self, module: nn.Module) -> Any:
         """A one-input module run once per chunk (a camera's image encoder) as the engine runs it:
-        in ONNX Runtime under ``auto`` / ``onnx`` on a CPU, else the module itself (and always the
-        module itself in train mode). Rebuilt when the module's weights change."""
+        in ONNX Runtime under ``auto`` / ``onnx`` / ``compiled`` on a CPU (``compiled`` is a
+        denoising-network engine; the encoders' fast path is ONNX), else the module itself (and
+        always the module itself in train mode). Rebuilt when the module's weights change."""
         from robopolicy.inference.engine import Backend, _has_onnxruntime
 
         cfg = self.engine_config
-        if self.training or self.device.type != "cpu" or cfg.backend not in (Backend.AUTO, Backend.ONNX):
+        fast = (Backend.AUTO, Backend.ONNX, Backend.COMPILED)
+        if self.training or self.device.type != "cpu" or cfg.backend not in fast:
             return module
         if not _has_onnxruntime():
             return module

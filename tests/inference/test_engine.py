@@ -632,6 +632,8 @@ def test_image_encoders_run_in_onnx_at_inference_only():
     cam = policy.obs_encoder.cameras["image_cam"]
     runner = policy.module_engine(cam)
     assert type(runner) is OnnxModule and len(runner.sessions) == 1
+    assert type(policy.set_engine("compiled").module_engine(cam)) is OnnxModule  # U-Net compiled, cameras ONNX
+    assert policy.set_engine("gemm").module_engine(cam) is cam
     # the loss never goes through it: gradients reach the encoder
     policy.train()
     assert policy.module_engine(cam) is cam
