@@ -252,7 +252,8 @@ def markdown(results: dict) -> str:
             f"{m['date']}; {m['cpu_count']} cores, load average before/after {m['loadavg_before'][0]:.1f}/"
             f"{res['loadavg_after'][0]:.1f}; OMP_WAIT_POLICY={m['omp_wait_policy'] or 'unset'}. "
             f"ours: torch {w['ours']['torch']}, {w['ours']['torch_threads']} threads, engine {w['ours']['engine']}; "
-            f"lerobot: torch {w['lerobot']['torch']}, {w['lerobot']['torch_threads']} threads.",
+            f"lerobot: torch {w['lerobot']['torch']}, {w['lerobot']['torch_threads']} threads."
+            + (f" {res['note']}" if res.get("note") else ""),
             "",
             "| sampler | runs | ours p50 ms | ours p95 ms | lerobot p50 ms | lerobot p95 ms | speedup (p50) "
             "| max abs diff | goal |",
@@ -323,6 +324,7 @@ def drive(args: argparse.Namespace) -> None:
         "ours_engine": args.ours_engine,
         "threads": args.threads,
         "gap_ms": args.gap_ms,
+        "note": args.note,
         "loadavg_before": LOAD_BEFORE[0],
         "description": describe(args.variant),
         "machine": meta,
@@ -350,6 +352,7 @@ def main() -> None:
         "still hold a core while the other is timed (default 200)",
     )
     p.add_argument("--ours-engine", default=None, help="inference engine of ours (passed to the engine hook)")
+    p.add_argument("--note", default=None, help="conditions worth recording (e.g. the load), printed with the section")
     p.add_argument("--out-dir", default=str(RESULTS), help="where lerobot.json / lerobot.md go")
     p.add_argument("--work-dir", default=None, help="checkpoints and inputs (default: a new temporary directory)")
     p.add_argument("--lerobot-python", type=Path, default=ROOT / ".venv-real" / "bin" / "python")
