@@ -24,9 +24,10 @@ float tolerance) chosen per situation::
 Measured on a 2-core CPU (benchmarks/results/engines.md, lerobot.md), small U-Net at batch 1:
 ``compiled`` runs a DDIM-10 chunk 4.7x (2 threads) to 6.6x (1 thread) and a DDPM-100 chunk
 6.8-7.0x faster than lerobot's DiffusionPolicy on the same weights (a forward: 0.99 ms at 2
-threads, 1.9x the compute bound); ``onnx`` 2.5-3.1x, ``gemm`` about 1.5x. ``auto`` does not pick ``compiled``: its first build of each set of weights costs
-about a minute, which an evaluation during training would pay at every evaluation. Deployments,
-which run one checkpoint for hours, should ask for ``compiled`` (``--engine compiled``).
+threads, 1.9x the compute bound); ``onnx`` 2.5-3.1x, ``gemm`` about 1.5x. ``auto`` does not
+pick ``compiled``: its first build of each set of weights costs about a minute, which an
+evaluation during training would pay at every evaluation. Deployments, which run one checkpoint
+for hours, should ask for ``compiled`` (``--engine compiled``).
 ``robopolicy bench inference`` measures the engines on the machine at hand.
 
 ``EngineConfig.device`` moves the policy (``auto``: CUDA when there is one), ``dtype`` runs the
